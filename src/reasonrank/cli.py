@@ -1,0 +1,150 @@
+"""The `reasonrank` command: a thin layer over the Python API."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+
+from reasonrank.errors import ReasonRankError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Reasoning-intensive listwise passage reranking.")
+console = Console(stderr=True)
+
+CollectionOpt = typer.Option(..., "--collection", "-c", help="Collection directory (BEIR, BRIGHT root, R2MED task), or 'bright' for the hub.")
+TaskOpt = typer.Option(None, "--task", "-t", help="BRIGHT task (repeat to pair with several runs).")
+
+
+def _measures(text: str) -> list[str]:
+    return [m.strip() for m in text.split(",") if m.strip()]
+
+
+def _task_from_run(run: Path) -> str:
+    return run.name.split(".")[0]
+
+
+@app.command()
+def evaluate(
+    runs: List[Path] = typer.Argument(..., help="TREC run files (.gz ok)."),
+    collection: Optional[str] = typer.Option(None, "--collection", "-c", help="Collection giving qrels (and BRIGHT excluded ids)."),
+    task: Optional[List[str]] = TaskOpt,
+    qrels: Optional[Path] = typer.Option(None, help="A TREC/BEIR qrels file instead of a collection."),
+    split: str = typer.Option("test", help="BEIR qrels split."),
+    measures: str = typer.Option("nDCG@10,Recall@10,Recall@100,MRR@10,MAP", "--measures", "-m"),
+    fmt: str = typer.Option("text", "--format", "-f", help="text, markdown or json"),
+    plain: bool = typer.Option(False, help="Ignore BRIGHT's excluded_ids (not the BRIGHT protocol)."),
+    per_query: Optional[Path] = typer.Option(None, help="Write per-query values as JSON here."),
+):
+    """Evaluate runs. On a BRIGHT root each run is paired with --task, or its task is read from the file name."""
+    from reasonrank.evaluation import evaluate as run_eval, format_table
+    from reasonrank.io import load_collection, read_qrels, read_run
+
+    names = _measures(measures)
+    tasks = list(task or [])
+    if tasks and len(tasks) != len(runs):
+        raise ReasonRankError(f"{len(tasks)} --task given for {len(runs)} runs: give one per run, or none")
+    rows, details = {}, {}
+    for i, run_path in enumerate(runs):
+        excluded = None
+        if qrels is not None:
+            judged, label = read_qrels(qrels), run_path.name
+        elif collection is not None:
+            t = tasks[i] if tasks else None
+            if t is None and Path(collection).joinpath("examples").is_dir():
+                t = _task_from_run(run_path)
+            coll = load_collection(collection, task=t, split=split)
+            judged, label = coll.qrels(), (t or coll.name)
+            excluded = None if plain else coll.excluded()
+        else:
+            raise ReasonRankError("give --collection or --qrels")
+        result = run_eval(read_run(run_path), judged, names, excluded)
+        if result.missing_queries:
+            console.print(f"[yellow]{run_path}: {len(result.missing_queries)} judged queries have no results and are not averaged[/]")
+        rows[label], details[label] = result.aggregate, result.to_dict()
+    print(format_table(rows, names, fmt))
+    if per_query:
+        per_query.write_text(json.dumps(details, indent=1))
+
+
+@app.command()
+def retrieve(
+    collection: str = CollectionOpt,
+    task: Optional[str] = typer.Option(None, "--task", "-t"),
+    split: str = typer.Option("test"),
+    k: int = typer.Option(100, "--top-k", "-k"),
+    output: Path = typer.Option(..., "--output", "-o", help="TREC run to write (.gz ok)."),
+    evaluate_after: bool = typer.Option(True, "--evaluate/--no-evaluate"),
+):
+    """BM25 (bm25s) top-k for every query of a collection; the index is built once and cached."""
+    from reasonrank.evaluation import evaluate as run_eval, format_table
+    from reasonrank.io import load_collection, write_run
+    from reasonrank.retrieval import BM25Index
+
+    coll = load_collection(collection, task=task, split=split)
+    start = time.perf_counter()
+    index = BM25Index.for_collection(coll)
+    console.print(f"index: {len(index.docids)} docs ({time.perf_counter() - start:.1f}s incl. load/build)")
+    queries = list(coll.queries())
+    start = time.perf_counter()
+    run = index.search(queries, k=k, excluded=coll.excluded())
+    seconds = time.perf_counter() - start
+    console.print(f"retrieved {len(queries)} queries in {seconds:.2f}s ({len(queries) / max(seconds, 1e-9):.0f} queries/s)")
+    write_run(output, run, tag="bm25")
+    console.print(f"wrote {output}")
+    if evaluate_after and coll.qrels():
+        names = ["nDCG@10", "Recall@100"]
+        print(format_table({coll.name: run_eval(run, coll.qrels(), names, coll.excluded()).aggregate}, names))
+
+
+@app.command()
+def info(collection: str = CollectionOpt, task: Optional[str] = typer.Option(None, "--task", "-t"), split: str = typer.Option("test")):
+    """Counts for a collection: queries, judgements, documents."""
+    from reasonrank.io import load_collection
+
+    print(json.dumps(load_collection(collection, task=task, split=split).info(), indent=2))
+
+
+@app.command()
+def collections(root: Path = typer.Argument(Path("../shared/data"), help="A folder holding collections.")):
+    """List the collections found under a folder."""
+    from reasonrank.io import beir, bright, r2med
+
+    for path in sorted(p for p in [root, *root.rglob("*")] if p.is_dir()):
+        if bright.is_bright_root(path):
+            print(f"{path}\tBRIGHT\ttasks: {', '.join(bright.local_tasks(path))}")
+        elif beir.is_beir_dir(path):
+            print(f"{path}\tBEIR")
+        elif r2med.is_r2med_dir(path):
+            print(f"{path}\tR2MED")
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except ReasonRankError as exc:
+        console.print(f"[red]error:[/] {exc}", highlight=False)
+        sys.exit(2)
+    except FileNotFoundError as exc:
+        console.print(f"[red]error:[/] {exc}", highlight=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        sys.exit(130)
+    except (typer.Exit, SystemExit) as exc:
+        sys.exit(getattr(exc, "exit_code", getattr(exc, "code", 0)))
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

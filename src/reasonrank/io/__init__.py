@@ -1,0 +1,16 @@
+"""Readers and writers for TREC, BEIR, BRIGHT and R2MED files, and the Collection they produce."""
+
+from reasonrank.io.collection import Collection, load_collection
+from reasonrank.io.common import open_text, read_jsonl
+from reasonrank.io.trec import read_qrels, read_run, write_qrels, write_run
+
+__all__ = [
+    "Collection",
+    "load_collection",
+    "open_text",
+    "read_jsonl",
+    "read_qrels",
+    "read_run",
+    "write_qrels",
+    "write_run",
+]

@@ -1,0 +1,112 @@
+"""A Collection: lazy queries, documents and qrels with lookup by doc id (after ir_datasets)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+from reasonrank.errors import ReasonRankError
+from reasonrank.io.trec import Qrels
+from reasonrank.types import Document, Query
+
+
+class UnknownCollection(ReasonRankError):
+    pass
+
+
+@dataclass
+class Collection:
+    """Nothing is read until asked for; documents are indexed by id on the first lookup."""
+
+    name: str
+    load_queries: Callable[[], Iterator[Query]]
+    load_docs: Callable[[], Iterator[Document]] | None
+    load_qrels: Callable[[], Qrels]
+    load_excluded: Callable[[], dict[str, set[str]]] = dict
+    source: str = ""
+    _doc_index: dict[str, Document] | None = field(default=None, repr=False)
+    _qrels: Qrels | None = field(default=None, repr=False)
+    _excluded: dict[str, set[str]] | None = field(default=None, repr=False)
+
+    def queries(self) -> Iterator[Query]:
+        return self.load_queries()
+
+    @property
+    def has_docs(self) -> bool:
+        return self.load_docs is not None
+
+    def docs(self) -> Iterator[Document]:
+        if self.load_docs is None:
+            raise ReasonRankError(
+                f"{self.name}: document texts are not available here ({self.source}). "
+                "Point the loader at a local copy of the corpus (see README: Collections)."
+            )
+        return self.load_docs()
+
+    def doc(self, docid: str) -> Document:
+        if self._doc_index is None:
+            self._doc_index = {d.docid: d for d in self.docs()}
+        try:
+            return self._doc_index[docid]
+        except KeyError:
+            raise KeyError(f"{self.name}: unknown doc id {docid!r}") from None
+
+    def docs_by_id(self, docids: Iterable[str]) -> list[Document]:
+        return [self.doc(d) for d in docids]
+
+    def qrels(self) -> Qrels:
+        if self._qrels is None:
+            self._qrels = self.load_qrels()
+        return self._qrels
+
+    def excluded(self) -> dict[str, set[str]]:
+        """Doc ids to drop per query before evaluation (BRIGHT's excluded_ids); empty elsewhere."""
+        if self._excluded is None:
+            self._excluded = self.load_excluded()
+        return self._excluded
+
+    def query_dict(self) -> dict[str, Query]:
+        return {q.qid: q for q in self.queries()}
+
+    def info(self) -> dict:
+        qrels = self.qrels()
+        info = {
+            "name": self.name,
+            "source": self.source,
+            "queries": sum(1 for _ in self.queries()),
+            "judged_queries": len(qrels),
+            "judgements": sum(len(v) for v in qrels.values()),
+            "docs": sum(1 for _ in self.docs()) if self.has_docs else None,
+        }
+        excluded = self.excluded()
+        if excluded:
+            info["queries_with_excluded_ids"] = sum(1 for v in excluded.values() if v)
+        return info
+
+
+def load_collection(spec: str | Path, task: str | None = None, split: str = "test") -> Collection:
+    """Open a collection from a directory (BEIR, BRIGHT or R2MED layout), or a BRIGHT hub task.
+
+    `spec` is a directory; for BRIGHT it is the root holding `examples/` and `task` names the task.
+    `bright` with a task and no such directory loads the task from the Hugging Face hub (online only).
+    """
+    from reasonrank.io import beir, bright, r2med
+
+    path = Path(spec)
+    if path.is_dir():
+        if bright.is_bright_root(path):
+            if not task:
+                raise UnknownCollection(f"{path}: a BRIGHT directory needs a task, one of: {', '.join(bright.local_tasks(path))}")
+            return bright.load(path, task)
+        if beir.is_beir_dir(path):
+            return beir.load(path, split)
+        if r2med.is_r2med_dir(path):
+            return r2med.load(path)
+        raise UnknownCollection(
+            f"{path}: not a collection directory (expected BEIR corpus.jsonl + queries.jsonl + qrels/, "
+            "BRIGHT examples/, or R2MED test_queries.jsonl + qrels.json)"
+        )
+    if str(spec).lower() in ("bright", "xlangai/bright") and task:
+        return bright.load_from_hub(task)
+    raise UnknownCollection(f"{spec}: no such collection directory")

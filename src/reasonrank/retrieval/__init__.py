@@ -1,0 +1,3 @@
+from reasonrank.retrieval.bm25 import BM25Index
+
+__all__ = ["BM25Index"]

@@ -1,0 +1,130 @@
+"""Plain data records that flow through the pipeline. Every record round-trips through JSON."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+
+def _from_dict(cls, data: dict[str, Any]):
+    known = {f.name for f in fields(cls)}
+    unknown = set(data) - known
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown field(s) {sorted(unknown)}")
+    return cls(**data)
+
+
+@dataclass
+class Query:
+    qid: str
+    text: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Query":
+        return _from_dict(cls, data)
+
+
+@dataclass
+class Candidate:
+    docid: str
+    score: float = 0.0
+    text: str = ""
+    title: str = ""
+
+    @property
+    def content(self) -> str:
+        """The passage as the prompt shows it (ReasonRank's `Title: … Content: …`)."""
+        if self.title:
+            return f"Title: {self.title} Content: {self.text}"
+        return self.text
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Candidate":
+        return _from_dict(cls, data)
+
+
+@dataclass
+class Request:
+    query: Query
+    candidates: list[Candidate]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"query": self.query.to_dict(), "candidates": [c.to_dict() for c in self.candidates]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Request":
+        return cls(Query.from_dict(data["query"]), [Candidate.from_dict(c) for c in data["candidates"]])
+
+
+@dataclass
+class WindowTrace:
+    """What happened in one window: enough to audit, replay or resume it."""
+
+    qid: str
+    pass_index: int
+    start: int
+    end: int
+    prompt_hash: str
+    prompt: str = ""
+    raw_output: str = ""
+    reasoning: str = ""
+    permutation: list[int] = field(default_factory=list)  # 0-based positions within the window
+    status: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+    docids: list[str] = field(default_factory=list)  # window docids in input order
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "WindowTrace":
+        return _from_dict(cls, data)
+
+
+@dataclass
+class Result:
+    """A reranked list. Scores are rank-derived (higher is better) so TREC files sort correctly."""
+
+    query: Query
+    candidates: list[Candidate]
+    traces: list[WindowTrace] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "query": self.query.to_dict(),
+            "candidates": [c.to_dict() for c in self.candidates],
+            "traces": [t.to_dict() for t in self.traces],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Result":
+        return cls(
+            Query.from_dict(data["query"]),
+            [Candidate.from_dict(c) for c in data["candidates"]],
+            [WindowTrace.from_dict(t) for t in data.get("traces", [])],
+        )
+
+    @property
+    def docids(self) -> list[str]:
+        return [c.docid for c in self.candidates]
+
+
+@dataclass
+class Document:
+    docid: str
+    text: str
+    title: str = ""
+
+    def to_candidate(self, score: float = 0.0) -> Candidate:
+        return Candidate(self.docid, score, self.text, self.title)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
