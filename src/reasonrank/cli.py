@@ -123,6 +123,30 @@ def collections(root: Path = typer.Argument(Path("../shared/data"), help="A fold
             print(f"{path}\tR2MED")
 
 
+model_app = typer.Typer(help="Models: the registry and the embedded default.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+
+
+@model_app.command("fetch")
+def model_fetch():
+    """Fetch, assemble and verify the embedded default GGUF (once; later calls return at once)."""
+    from reasonrank.backends.models import ensure_embedded
+
+    path = ensure_embedded(log=lambda m: console.print(m))
+    console.print(f"embedded model ready: {path}")
+
+
+@model_app.command("list")
+def model_list():
+    """Friendly model names and where they come from."""
+    from reasonrank.backends.models import REGISTRY
+
+    for spec in REGISTRY.values():
+        source = spec.hub_id or (spec.embedded.description if spec.embedded else "")
+        aliases = f" (aliases: {', '.join(spec.aliases)})" if spec.aliases else ""
+        print(f"{spec.name}{aliases}\t{source}\t{spec.notes}")
+
+
 def main() -> None:
     try:
         app(standalone_mode=False)

@@ -128,3 +128,13 @@ class Document:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass
+class Prompt:
+    """A chat prompt. `text` is the exact string the model sees (chat template applied, then
+    ftfy.fix_text), rendered by reasonrank.prompts; local engines generate from it. HTTP chat
+    endpoints receive `messages` and apply the server's own template."""
+
+    messages: list[dict[str, str]]
+    text: str | None = None
