@@ -18,22 +18,27 @@ def open_text(path: str | Path, mode: str = "rt") -> IO[str]:
     return open(path, mode, encoding="utf-8")
 
 
-def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield (line number, object) for each non-blank line; a bad line raises FormatError."""
+def lines(path: str | Path) -> Iterator[tuple[int, str]]:
+    """Yield (line number, line); a damaged gzip stream raises FormatError, not a bare EOFError."""
     with open_text(path) as fh:
         try:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise FormatError(path, lineno, f"invalid JSON ({exc.msg} at column {exc.colno})") from None
-                if not isinstance(obj, dict):
-                    raise FormatError(path, lineno, f"expected a JSON object, got {type(obj).__name__}")
-                yield lineno, obj
-        except (EOFError, gzip.BadGzipFile) as exc:
+            yield from enumerate(fh, 1)
+        except (EOFError, gzip.BadGzipFile, OSError) as exc:
             raise FormatError(path, None, f"corrupt gzip file ({exc})") from None
+
+
+def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, object) for each non-blank line; a bad line raises FormatError."""
+    for lineno, line in lines(path):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise FormatError(path, lineno, f"invalid JSON ({exc.msg} at column {exc.colno})") from None
+        if not isinstance(obj, dict):
+            raise FormatError(path, lineno, f"expected a JSON object, got {type(obj).__name__}")
+        yield lineno, obj
 
 
 def field(path, lineno: int, obj: dict, *names: str, required: bool = True):

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Iterator, Mapping
 
 from reasonrank.errors import FormatError
-from reasonrank.io.common import open_text
+from reasonrank.io.common import lines, open_text
 
 Run = dict[str, dict[str, float]]  # qid -> docid -> score, each query in file order
 Qrels = dict[str, dict[str, int]]  # qid -> docid -> relevance
@@ -16,26 +16,25 @@ Qrels = dict[str, dict[str, int]]  # qid -> docid -> relevance
 def iter_run(path: str | Path) -> Iterator[tuple[str, str, float]]:
     """Yield (qid, docid, score) from a `qid Q0 docid rank score tag` file."""
     seen = False
-    with open_text(path) as fh:
-        for lineno, line in enumerate(fh, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != 6:
-                raise FormatError(path, lineno, f"a run line needs 6 fields (qid Q0 docid rank score tag), found {len(parts)}")
-            qid, _, docid, rank, score, _ = parts
-            try:
-                int(rank)
-            except ValueError:
-                raise FormatError(path, lineno, f"rank {rank!r} is not an integer") from None
-            try:
-                value = float(score)
-            except ValueError:
-                raise FormatError(path, lineno, f"score {score!r} is not a number") from None
-            if math.isnan(value):
-                raise FormatError(path, lineno, "score is NaN")
-            seen = True
-            yield qid, docid, value
+    for lineno, line in lines(path):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 6:
+            raise FormatError(path, lineno, f"a run line needs 6 fields (qid Q0 docid rank score tag), found {len(parts)}")
+        qid, _, docid, rank, score, _ = parts
+        try:
+            int(rank)
+        except ValueError:
+            raise FormatError(path, lineno, f"rank {rank!r} is not an integer") from None
+        try:
+            value = float(score)
+        except ValueError:
+            raise FormatError(path, lineno, f"score {score!r} is not a number") from None
+        if math.isnan(value):
+            raise FormatError(path, lineno, "score is NaN")
+        seen = True
+        yield qid, docid, value
     if not seen:
         raise FormatError(path, None, "empty file: no run lines")
 
@@ -62,25 +61,28 @@ def write_run(path: str | Path, run: Mapping[str, Mapping[str, float]], tag: str
 def iter_qrels(path: str | Path) -> Iterator[tuple[str, str, int]]:
     """Yield (qid, docid, relevance) from TREC qrels (`qid iter docid rel`) or BEIR TSV (`qid docid rel`, header)."""
     seen = False
-    with open_text(path) as fh:
-        for lineno, line in enumerate(fh, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            if lineno == 1 and parts[0] in ("query-id", "query_id", "qid"):
-                continue  # BEIR header
-            if len(parts) == 4:
-                qid, _, docid, rel = parts
-            elif len(parts) == 3:
-                qid, docid, rel = parts
-            else:
-                raise FormatError(path, lineno, f"a qrels line needs 4 fields (qid iter docid relevance) or 3 (qid docid relevance), found {len(parts)}")
-            try:
-                value = int(float(rel))
-            except ValueError:
-                raise FormatError(path, lineno, f"relevance {rel!r} is not a number") from None
-            seen = True
-            yield qid, docid, value
+    for lineno, line in lines(path):
+        parts = line.split()
+        if not parts:
+            continue
+        if lineno == 1 and parts[0] in ("query-id", "query_id", "qid"):
+            continue  # BEIR header
+        if len(parts) == 4:
+            qid, _, docid, rel = parts
+        elif len(parts) == 3:
+            qid, docid, rel = parts
+        else:
+            raise FormatError(
+                path,
+                lineno,
+                f"a qrels line needs 4 fields (qid iter docid relevance) or 3 (qid docid relevance), found {len(parts)}",
+            )
+        try:
+            value = int(float(rel))
+        except ValueError:
+            raise FormatError(path, lineno, f"relevance {rel!r} is not a number") from None
+        seen = True
+        yield qid, docid, value
     if not seen:
         raise FormatError(path, None, "empty file: no qrels lines")
 
