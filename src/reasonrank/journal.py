@@ -1,0 +1,69 @@
+"""A durable per-window trace: every finished window is appended (and flushed) as one JSON line.
+
+A crashed or interrupted run resumes from it: windows are deterministic given the earlier ones,
+so a rerun renders the same prompts, finds their hashes here and reuses the recorded
+permutations instead of calling the model again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from reasonrank.types import WindowTrace
+
+
+def prompt_hash(prompt_key: str, model: str, settings: str = "") -> str:
+    return hashlib.sha256(f"{model}\x00{settings}\x00{prompt_key}".encode()).hexdigest()[:32]
+
+
+class Journal:
+    def __init__(self, path: str | Path | None, keep_prompts: bool = True):
+        self.path = Path(path) if path else None
+        self.keep_prompts = keep_prompts
+        self.done: dict[str, WindowTrace] = {}
+        self.corrupt_lines = 0
+        if self.path and self.path.exists():
+            self._load()
+        self._fh = None
+
+    def _load(self) -> None:
+        with open(self.path, encoding="utf-8") as fh:
+            for line in fh:
+                try:
+                    trace = WindowTrace.from_dict(json.loads(line))
+                except (json.JSONDecodeError, TypeError, ValueError):
+                    # the last line of a killed run may be half written: count it and redo that window
+                    self.corrupt_lines += 1
+                    continue
+                self.done[trace.prompt_hash] = trace
+
+    def lookup(self, key: str) -> WindowTrace | None:
+        return self.done.get(key)
+
+    def record(self, trace: WindowTrace) -> None:
+        self.done[trace.prompt_hash] = trace
+        if self.path is None:
+            return
+        if self._fh is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self.path, "a", encoding="utf-8")
+        row = trace.to_dict()
+        if not self.keep_prompts:
+            row["prompt"] = ""
+        self._fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
