@@ -123,6 +123,89 @@ def collections(root: Path = typer.Argument(Path("../shared/data"), help="A fold
             print(f"{path}\tR2MED")
 
 
+def _rerank_options(base_url, api_key_file, threads, n_ctx):
+    opts = {}
+    if base_url:
+        opts["base_urls"] = base_url
+    if api_key_file:
+        opts["api_key_file"] = api_key_file
+    if threads:
+        opts["n_threads"] = threads
+    if n_ctx:
+        opts["n_ctx"] = n_ctx
+    return opts
+
+
+def _print_summary(stats: dict) -> None:
+    status = ", ".join(f"{k} {v}" for k, v in sorted(stats["parse_status"].items()))
+    console.print(
+        f"windows {stats['windows']} ({stats['resumed_windows']} resumed from the trace journal); parse status: {status}\n"
+        f"seconds/query {stats['seconds_per_query']:.1f}; prompt tokens/query {stats['prompt_tokens_per_query']:.0f}; "
+        f"generated tokens/query {stats['completion_tokens_per_query']:.0f}; framework overhead {stats['overhead_share']:.1%} of wall time",
+        highlight=False,
+    )
+
+
+@app.command()
+def rerank(
+    collection: str = CollectionOpt,
+    run: Path = typer.Option(..., "--run", "-r", help="First-stage TREC run to rerank."),
+    output: Path = typer.Option(..., "--output", "-o", help="Reranked TREC run to write."),
+    task: Optional[str] = typer.Option(None, "--task", "-t"),
+    split: str = typer.Option("test"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Friendly name, GGUF/HF path or hub id (default: embedded)."),
+    backend: Optional[str] = typer.Option(None, "--backend", "-b", help="llamacpp, hf, vllm or openai."),
+    top_k: int = typer.Option(100, "--top-k", "-k"),
+    window: int = typer.Option(20),
+    step: int = typer.Option(10),
+    passes: int = typer.Option(1),
+    max_new_tokens: int = typer.Option(3172, help="Reasoning budget + answer (paper: 3072 + 100)."),
+    max_passage_tokens: Optional[int] = typer.Option(None, help="Passage truncation (default 512 BRIGHT/R2MED, 100 others)."),
+    mode: Optional[str] = typer.Option(None, help="Prompt mode: reasonrank, rankgpt or qwen3."),
+    queries: Optional[int] = typer.Option(None, "--queries", "-n", help="Only the first N queries of the run."),
+    traces: Optional[Path] = typer.Option(None, help="JSONL journal of every window; an existing one is resumed."),
+    base_url: Optional[List[str]] = typer.Option(None, help="OpenAI-compatible server URL (repeat to balance)."),
+    api_key_file: Optional[Path] = typer.Option(None, help="File holding the API key (else OPENAI_API_KEY)."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads for llama.cpp."),
+    n_ctx: Optional[int] = typer.Option(None, help="llama.cpp context size."),
+    batch_size: int = typer.Option(0, help="Queries stepped together (0: all); windows at one step form one backend batch."),
+):
+    """Rerank a first-stage run with a listwise reasoning model; evaluates when qrels exist."""
+    from reasonrank.io import load_collection, read_run, write_run
+    from reasonrank.prompts import default_max_passage_tokens
+    from reasonrank.rerankers import Reranker, requests_from_run, results_to_run
+
+    coll = load_collection(collection, task=task, split=split)
+    first_stage = read_run(run)
+    qids = [q for q in first_stage][:queries] if queries else None
+    requests = requests_from_run(coll, first_stage, qids, depth=None)
+    if max_passage_tokens is None:
+        max_passage_tokens = default_max_passage_tokens(coll.name)
+    reranker = Reranker(
+        model, backend, mode=mode, max_passage_tokens=max_passage_tokens, top_k=top_k, window=window, step=step,
+        passes=passes, max_new_tokens=max_new_tokens, journal=traces, progress=True,
+        **_rerank_options(base_url, api_key_file, threads, n_ctx),
+    )
+    results = []
+    size = batch_size or len(requests) or 1
+    for i in range(0, len(requests), size):
+        results += reranker.rerank_batch(requests[i:i + size])
+    reranker.journal.close()
+    reranked = results_to_run(results)
+    write_run(output, reranked, tag="reasonrank")
+    console.print(f"wrote {output}")
+    stats = reranker.stats.to_dict()
+    _print_summary(stats)
+    if coll.qrels():
+        from reasonrank.evaluation import evaluate as run_eval, format_table
+
+        names = ["nDCG@10", "Recall@10"]
+        before = {q: first_stage[q] for q in reranked}
+        rows = {"first stage": run_eval(before, coll.qrels(), names, coll.excluded()).aggregate,
+                "reranked": run_eval(reranked, coll.qrels(), names, coll.excluded()).aggregate}
+        print(format_table(rows, names, average=False))
+
+
 model_app = typer.Typer(help="Models: the registry and the embedded default.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
 

@@ -50,12 +50,19 @@ class Journal:
         if self._fh is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fh = open(self.path, "a", encoding="utf-8")
+            if self.path.stat().st_size and not self._ends_with_newline():
+                self._fh.write("\n")  # close a half-written line from a crash so the next record stands alone
         row = trace.to_dict()
         if not self.keep_prompts:
             row["prompt"] = ""
         self._fh.write(json.dumps(row, ensure_ascii=False) + "\n")
         self._fh.flush()
         os.fsync(self._fh.fileno())
+
+    def _ends_with_newline(self) -> bool:
+        with open(self.path, "rb") as fh:
+            fh.seek(-1, os.SEEK_END)
+            return fh.read(1) == b"\n"
 
     def close(self) -> None:
         if self._fh is not None:

@@ -1,0 +1,77 @@
+"""Rerankers: requests in, results out. `Reranker(...)` is the one factory for the listwise model."""
+
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+from reasonrank.backends.base import ANSWER_BUDGET, REASONING_BUDGET, SamplingParams
+from reasonrank.journal import Journal
+from reasonrank.rerankers.listwise import ListwiseReranker, RunStats
+from reasonrank.types import Candidate, Query, Request, Result
+
+
+def Reranker(
+    model: str | None = None,
+    backend: str | None = None,
+    *,
+    mode: str | None = None,
+    max_passage_tokens: int | None = 512,
+    top_k: int = 100,
+    window: int = 20,
+    step: int = 10,
+    passes: int = 1,
+    max_new_tokens: int = REASONING_BUDGET + ANSWER_BUDGET,
+    tokenizer: str | None = None,
+    journal: str | Journal | None = None,
+    progress: bool = False,
+    **backend_options,
+) -> ListwiseReranker:
+    """A listwise reasoning reranker. With no model, the embedded Qwen2.5-Coder-0.5B GGUF on llama.cpp.
+
+    `model` is a friendly name (`reasonrank list`), a local path (GGUF file or HF directory) or a hub
+    id; `backend` is llamacpp, hf, vllm or openai (guessed from the model when omitted).
+    """
+    from reasonrank.backends.factory import get_backend, tokenizer_source
+    from reasonrank.backends.models import resolve
+    from reasonrank.prompts import PromptRenderer
+    from reasonrank.tokenizer import load_tokenizer
+
+    engine = get_backend(backend, model, **backend_options)
+    source = tokenizer or tokenizer_source(engine.name, model)
+    if mode is None:
+        try:
+            mode = resolve(model).prompt_mode
+        except KeyError:
+            mode = "reasonrank"
+    renderer = PromptRenderer(load_tokenizer(source) if source else None, mode=mode, max_passage_tokens=max_passage_tokens)
+    if not isinstance(journal, Journal):
+        journal = Journal(journal)
+    return ListwiseReranker(
+        engine, renderer, top_k=top_k, window=window, step=step, passes=passes,
+        params=SamplingParams(max_new_tokens=max_new_tokens), journal=journal, progress=progress,
+    )
+
+
+def requests_from_run(collection, run: Mapping[str, Mapping[str, float]], qids: Iterable[str] | None = None, depth: int | None = None) -> list[Request]:
+    """Requests for the queries of a run, with passage texts looked up in the collection.
+
+    Fails on a run doc id the collection does not hold, naming it: a silently missing passage would
+    shift every window."""
+    queries = collection.query_dict()
+    wanted = list(qids) if qids is not None else [q for q in run if q in queries]
+    unknown = [q for q in wanted if q not in queries]
+    if unknown:
+        raise KeyError(f"{collection.name}: run has unknown query ids {unknown[:5]}")
+    requests = []
+    for qid in wanted:
+        ranked = sorted(run.get(qid, {}).items(), key=lambda kv: -kv[1])[:depth]
+        requests.append(Request(queries[qid], [collection.doc(d).to_candidate(s) for d, s in ranked]))
+    return requests
+
+
+def results_to_run(results: Iterable[Result]) -> dict[str, dict[str, float]]:
+    """A TREC-style run from results; candidates beyond the reranked depth keep their order below."""
+    return {r.query.qid: {c.docid: c.score for c in r.candidates} for r in results}
+
+
+__all__ = ["Candidate", "ListwiseReranker", "Query", "Reranker", "Request", "Result", "RunStats", "requests_from_run", "results_to_run"]

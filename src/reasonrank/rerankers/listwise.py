@@ -1,0 +1,175 @@
+"""The listwise reasoning reranker: sliding windows over the top-k, batched across queries."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from reasonrank.backends.base import Backend, Generation, SamplingParams
+from reasonrank.journal import Journal, prompt_hash
+from reasonrank.parsing import parse_ranking
+from reasonrank.prompts import PromptRenderer
+from reasonrank.types import Candidate, Prompt, Query, Request, Result, WindowTrace
+from reasonrank.windows import apply_permutation, window_schedule
+
+BACKEND_ERROR = "backend_error"
+
+
+@dataclass
+class RunStats:
+    """What a run did, for the summary line and benchmarks."""
+
+    queries: int = 0
+    windows: int = 0
+    resumed_windows: int = 0
+    status: Counter = field(default_factory=Counter)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    model_seconds: float = 0.0  # inside backend.generate
+    wall_seconds: float = 0.0
+
+    def add(self, trace: WindowTrace, resumed: bool) -> None:
+        self.windows += 1
+        self.status[trace.status] += 1
+        if resumed:
+            self.resumed_windows += 1
+        else:
+            self.prompt_tokens += trace.prompt_tokens
+            self.completion_tokens += trace.completion_tokens
+
+    def to_dict(self) -> dict:
+        q = max(self.queries, 1)
+        return {
+            "queries": self.queries,
+            "windows": self.windows,
+            "resumed_windows": self.resumed_windows,
+            "parse_status": dict(self.status),
+            "seconds_per_query": self.wall_seconds / q,
+            "prompt_tokens_per_query": self.prompt_tokens / q,
+            "completion_tokens_per_query": self.completion_tokens / q,
+            "wall_seconds": self.wall_seconds,
+            "model_seconds": self.model_seconds,
+            "overhead_share": (self.wall_seconds - self.model_seconds) / self.wall_seconds if self.wall_seconds else 0.0,
+        }
+
+
+def _with_rank_scores(candidates: list[Candidate]) -> list[Candidate]:
+    n = len(candidates)
+    return [Candidate(c.docid, float(n - i), c.text, c.title) for i, c in enumerate(candidates)]
+
+
+class ListwiseReranker:
+    """Rerank with a ReasonRank-style model: `rerank(query, passages)` or `rerank_batch(requests)`.
+
+    Windows at the same step of many queries go to the backend as one batch; a query's next window
+    is rendered from the order its previous window produced. Garbled answers keep the window's input
+    order and are counted; every window is journaled as it finishes, so a rerun resumes.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        renderer: PromptRenderer,
+        *,
+        top_k: int = 100,
+        window: int = 20,
+        step: int = 10,
+        passes: int = 1,
+        params: SamplingParams | None = None,
+        journal: Journal | None = None,
+        progress: bool = False,
+    ):
+        window_schedule(top_k, window, step)  # validate the arguments now, not mid-run
+        self.backend, self.renderer = backend, renderer
+        self.top_k, self.window, self.step, self.passes = top_k, window, step, passes
+        self.params = params or SamplingParams()
+        self.journal = journal or Journal(None)
+        self.progress = progress
+        self.stats = RunStats()
+        self._settings = json.dumps([renderer.mode, self.params.max_new_tokens, self.params.temperature, self.params.seed])
+
+    def rerank(self, query: Query | str, candidates: Sequence[Candidate]) -> Result:
+        if isinstance(query, str):
+            query = Query("q", query)
+        return self.rerank_batch([Request(query, list(candidates))])[0]
+
+    def _schedule(self, n: int) -> list[tuple[int, int, int]]:
+        k = min(self.top_k, n)
+        return [(p, s, e) for p in range(self.passes) for s, e in window_schedule(k, self.window, self.step)]
+
+    def rerank_batch(self, requests: Sequence[Request]) -> list[Result]:
+        started = time.perf_counter()
+        orders = [list(r.candidates) for r in requests]
+        traces: list[list[WindowTrace]] = [[] for _ in requests]
+        schedules = [self._schedule(len(r.candidates)) for r in requests]
+        total = sum(len(s) for s in schedules)
+        bar = _progress(total, self.progress)
+        for step in range(max((len(s) for s in schedules), default=0)):
+            active = [i for i, s in enumerate(schedules) if step < len(s)]
+            self._run_step(requests, orders, traces, [(i, schedules[i][step]) for i in active], bar)
+        if bar is not None:
+            bar.close()
+        self.stats.queries += len(requests)
+        self.stats.wall_seconds += time.perf_counter() - started
+        return [Result(r.query, _with_rank_scores(order), t) for r, order, t in zip(requests, orders, traces)]
+
+    def _run_step(self, requests, orders, traces, jobs, bar) -> None:
+        pending = []  # (request index, pass, start, end, prompt, key)
+        for i, (p, start, end) in jobs:
+            window = orders[i][start:end]
+            prompt = self.renderer.render(requests[i].query.text, window)
+            key = prompt_hash(prompt.text or json.dumps(prompt.messages), self.backend.model, self._settings)
+            done = self.journal.lookup(key)
+            if done is not None:
+                self._apply(i, orders, traces, done, resumed=True)
+                if bar is not None:
+                    bar.update(1)
+            else:
+                pending.append((i, p, start, end, prompt, key))
+        if not pending:
+            return
+        t0 = time.perf_counter()
+        generations = self.backend.generate([job[4] for job in pending], self.params)
+        self.stats.model_seconds += time.perf_counter() - t0
+        for (i, p, start, end, prompt, key), gen in zip(pending, generations):
+            trace = self._trace(requests[i].query.qid, p, start, end, orders[i][start:end], prompt, key, gen)
+            self.journal.record(trace)
+            self._apply(i, orders, traces, trace, resumed=False)
+        if bar is not None:
+            bar.update(len(pending))
+            s = self.stats
+            bar.set_postfix(tok_s=f"{s.completion_tokens / max(s.model_seconds, 1e-9):.1f}", **{k: v for k, v in s.status.items()})
+
+    def _trace(self, qid, p, start, end, window, prompt: Prompt, key: str, gen: Generation) -> WindowTrace:
+        n = len(window)
+        if gen.error:
+            perm, status, reasoning = list(range(n)), BACKEND_ERROR, ""
+        else:
+            parsed = parse_ranking(gen.full_text, n, gen.finish_reason, require_tags=self.renderer.require_tags)
+            perm, status, reasoning = parsed.permutation, parsed.status.value, parsed.reasoning
+        return WindowTrace(
+            qid=qid, pass_index=p, start=start, end=end, prompt_hash=key,
+            prompt=prompt.text or json.dumps(prompt.messages, ensure_ascii=False),
+            raw_output=gen.full_text if not gen.error else gen.error, reasoning=reasoning, permutation=perm, status=status,
+            prompt_tokens=gen.prompt_tokens, completion_tokens=gen.completion_tokens, seconds=gen.seconds,
+            docids=[c.docid for c in window],
+        )
+
+    def _apply(self, i, orders, traces, trace: WindowTrace, resumed: bool) -> None:
+        window_ids = [c.docid for c in orders[i][trace.start:trace.end]]
+        if trace.docids and trace.docids != window_ids:
+            raise RuntimeError(f"journal entry {trace.prompt_hash} was recorded for another window")  # hash collision guard
+        orders[i] = apply_permutation(orders[i], trace.start, trace.end, trace.permutation)
+        traces[i].append(trace)
+        self.stats.add(trace, resumed)
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled or total == 0:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="window", dynamic_ncols=True)

@@ -1,0 +1,142 @@
+"""The listwise reranker's window logic, batching, fallbacks and journal resume.
+
+`ScriptedBackend` is a test double that replays answers chosen by the test: it exists to drive
+exact permutations, garbled answers and failures through the real window/parse/journal code.
+Real-model runs of the same code are in test_rerank_model.py.
+"""
+
+import json
+import re
+
+import pytest
+
+from reasonrank.backends.base import Generation
+from reasonrank.journal import Journal
+from reasonrank.prompts import PromptRenderer
+from reasonrank.rerankers.listwise import ListwiseReranker
+from reasonrank.types import Candidate, Query, Request
+from reasonrank.windows import window_schedule
+
+
+class ScriptedBackend:
+    """Test double: answers each window with `answer(n, prompt_text)`; records batch sizes."""
+
+    name = "scripted"
+    model = "scripted-test-double"
+
+    def __init__(self, answer):
+        self.answer = answer
+        self.batches = []
+
+    def generate(self, prompts, params):
+        self.batches.append(len(prompts))
+        out = []
+        for p in prompts:
+            user = p.messages[-1]["content"]
+            n = int(re.search(r"I will provide you with (\d+) passages", user).group(1))
+            text = self.answer(n, user)
+            if isinstance(text, Generation):
+                out.append(text)
+            else:
+                out.append(Generation(text, prompt_tokens=100, completion_tokens=10, finish_reason="stop", seconds=0.0))
+        return out
+
+
+def reverse(n, _):
+    return "<think>r</think><answer>" + " > ".join(f"[{i}]" for i in range(n, 0, -1)) + "</answer>"
+
+
+def request(qid, n):
+    return Request(Query(qid, f"query {qid}"), [Candidate(f"{qid}-d{i}", float(n - i), f"text {i}") for i in range(n)])
+
+
+def simulate(ids, k, window, step):
+    ids = list(ids)
+    for s, e in window_schedule(min(k, len(ids)), window, step):
+        ids[s:e] = ids[s:e][::-1]
+    return ids
+
+
+def make(backend, **kw):
+    return ListwiseReranker(backend, PromptRenderer(None, max_passage_tokens=None), **kw)
+
+
+def test_reversal_matches_independent_simulation():
+    backend = ScriptedBackend(reverse)
+    result = make(backend).rerank(Query("q", "x"), request("q", 100).candidates)
+    assert result.docids == simulate([f"q-d{i}" for i in range(100)], 100, 20, 10)
+    assert len(result.traces) == 9
+    assert [(t.start, t.end) for t in result.traces] == window_schedule(100)
+    assert [c.score for c in result.candidates] == [float(100 - i) for i in range(100)]
+
+
+def test_windows_of_many_queries_are_batched():
+    backend = ScriptedBackend(reverse)
+    reranker = make(backend)
+    results = reranker.rerank_batch([request("a", 100), request("b", 25), request("c", 10)])
+    # step 0: three queries; step 1: a and b; then a alone (9 windows in all for a)
+    assert backend.batches == [3, 2, 1, 1, 1, 1, 1, 1, 1]
+    assert results[1].docids == simulate([f"b-d{i}" for i in range(25)], 25, 20, 10)
+    assert results[2].docids == [f"c-d{i}" for i in range(9, -1, -1)]
+    assert reranker.stats.windows == 12 and reranker.stats.queries == 3
+
+
+def test_top_k_limits_reranking_and_tail_keeps_order():
+    backend = ScriptedBackend(reverse)
+    result = make(backend, top_k=20).rerank("x", request("q", 30).candidates)
+    assert result.docids == [f"q-d{i}" for i in range(19, -1, -1)] + [f"q-d{i}" for i in range(20, 30)]
+
+
+def test_passes_run_the_schedule_again():
+    backend = ScriptedBackend(reverse)
+    result = make(backend, top_k=20, passes=2).rerank("x", request("q", 20).candidates)
+    assert result.docids == [f"q-d{i}" for i in range(20)]  # reversed twice
+    assert [t.pass_index for t in result.traces] == [0, 1]
+
+
+def test_garbled_and_failed_windows_keep_input_order_and_are_counted():
+    answers = iter(["I cannot rank these.", Generation("", error="HTTP 500 after 4 retries")])
+    backend = ScriptedBackend(lambda n, _: next(answers))
+    reranker = make(backend, top_k=20, window=10, step=10)
+    result = reranker.rerank("x", request("q", 20).candidates)
+    assert result.docids == [f"q-d{i}" for i in range(20)]
+    assert [t.status for t in result.traces] == ["no_answer", "backend_error"]
+    assert dict(reranker.stats.status) == {"no_answer": 1, "backend_error": 1}
+
+
+def test_repaired_answer_appends_missing_ids():
+    backend = ScriptedBackend(lambda n, _: "<think>x</think><answer>[3] > [3] > [9] > [1]</answer>")
+    result = make(backend, top_k=5, window=5, step=5).rerank("x", request("q", 5).candidates)
+    assert result.docids == ["q-d2", "q-d0", "q-d1", "q-d3", "q-d4"]
+    assert result.traces[0].status == "repaired"
+
+
+def test_journal_resume_skips_finished_windows(tmp_path):
+    path = tmp_path / "traces.jsonl"
+    full_backend = ScriptedBackend(reverse)
+    with Journal(path) as journal:
+        expected = make(full_backend, journal=journal).rerank_batch([request("a", 100), request("b", 40)])
+    lines = path.read_text().splitlines()
+    assert len(lines) == 9 + 3
+    # simulate a crash: keep the first 5 windows and half of the 6th line
+    path.write_text("\n".join(lines[:5]) + "\n" + lines[5][: len(lines[5]) // 2])
+    resumed_backend = ScriptedBackend(reverse)
+    journal = Journal(path)
+    assert journal.corrupt_lines == 1
+    reranker = make(resumed_backend, journal=journal)
+    resumed = reranker.rerank_batch([request("a", 100), request("b", 40)])
+    journal.close()
+    assert [r.docids for r in resumed] == [r.docids for r in expected]
+    assert sum(resumed_backend.batches) == 12 - 5
+    assert reranker.stats.resumed_windows == 5
+    # a second rerun needs no model call at all
+    again = ScriptedBackend(reverse)
+    make(again, journal=Journal(path)).rerank_batch([request("a", 100), request("b", 40)])
+    assert again.batches == []
+    row = json.loads(path.read_text().splitlines()[0])
+    assert {"prompt_hash", "raw_output", "reasoning", "permutation", "status", "prompt_tokens", "completion_tokens", "seconds"} <= set(row)
+
+
+def test_bad_window_arguments_fail_before_running():
+    with pytest.raises(ValueError):
+        make(ScriptedBackend(reverse), window=10, step=20)
