@@ -1,0 +1,181 @@
+"""Real local servers for backend tests: llama-cpp-python's OpenAI-compatible server, and a scripted
+misbehaving HTTP server (stdlib http.server on 127.0.0.1) for retry/fault tests."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from contextlib import contextmanager
+from functools import lru_cache
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def embedded_gguf() -> Path | None:
+    from reasonrank.backends.models import QWEN_05B, embedded_path
+
+    path = embedded_path()
+    return path if path.is_file() and path.stat().st_size == QWEN_05B.size else None
+
+
+@lru_cache(maxsize=1)
+def shared_llama_backend():
+    """One in-process LlamaCppBackend on the embedded model for the whole test session."""
+    from reasonrank.backends.llamacpp import LlamaCppBackend
+
+    return LlamaCppBackend(embedded_gguf(), n_ctx=4096, n_threads=2)
+
+
+@lru_cache(maxsize=1)
+def embedded_tokenizer():
+    from reasonrank.tokenizer import load_tokenizer
+
+    return load_tokenizer(str(embedded_gguf()))
+
+
+@contextmanager
+def llama_cpp_server(model: Path, n_ctx: int = 4096, n_threads: int = 2, startup_timeout: float = 180.0):
+    """`python -m llama_cpp.server` on a free loopback port; yields its /v1 base URL; killed on exit."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1",
+           "--port", str(port), "--n_ctx", str(n_ctx), "--n_threads", str(n_threads),
+           "--n_threads_batch", str(n_threads), "--verbose", "false"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + startup_timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"llama_cpp.server exited with {proc.returncode} before it was ready")
+            try:
+                with urllib.request.urlopen(base + "/models", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"llama_cpp.server not ready after {startup_timeout:.0f} s")
+            time.sleep(0.3)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class FaultServer:
+    """An OpenAI-like server whose behaviour is scripted per request.
+
+    Each request's prompt (last message content, or `prompt`) names a script: `case=<name>`. The
+    script is a list of actions, one per attempt (the last repeats):
+      ok | reasoning | think | 500 | 503 | 429 | 400 | hang | truncated | invalid | nochoices | slow_ok
+    `hits[name]` counts requests per case; `requests` keeps (path, body, headers) of each."""
+
+    def __init__(self, scripts: dict[str, list[str]], hang_s: float = 3.0):
+        self.scripts = scripts
+        self.hang_s = hang_s
+        self.hits: dict[str, int] = {}
+        self.requests: list[tuple[str, dict, dict]] = []
+        self.lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # quiet
+                pass
+
+            def do_GET(self):
+                self._send(200, json.dumps({"data": [{"id": "fake"}]}).encode())
+
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length) or b"{}")
+                prompt = body.get("prompt") or (body.get("messages") or [{}])[-1].get("content", "")
+                case = prompt.split("case=", 1)[1].split()[0] if "case=" in prompt else "ok"
+                with server.lock:
+                    n = server.hits.get(case, 0)
+                    server.hits[case] = n + 1
+                    server.requests.append((self.path, body, dict(self.headers)))
+                script = server.scripts.get(case, ["ok"])
+                action = script[min(n, len(script) - 1)]
+                try:
+                    self._act(action, case, self.path.endswith("/chat/completions"))
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+            def _send(self, status, payload: bytes, headers=None, length=None):
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(payload) if length is None else length))
+                self.end_headers()
+                self.wfile.write(payload)
+                self.wfile.flush()
+
+            def _act(self, action, case, chat):
+                if action in ("500", "503", "400"):
+                    return self._send(int(action), json.dumps({"error": {"message": f"scripted {action}"}}).encode())
+                if action == "429":
+                    return self._send(429, b'{"error": {"message": "rate limited"}}', {"Retry-After": "0"})
+                if action == "hang":
+                    time.sleep(server.hang_s)
+                    return self._send(200, _completion(case, chat, "late"))
+                if action == "truncated":  # promises more bytes than it sends, then closes
+                    payload = _completion(case, chat, "x")
+                    self._send(200, payload[: len(payload) // 2], length=len(payload))
+                    self.close_connection = True
+                    return None
+                if action == "invalid":
+                    return self._send(200, b'{"choices": [{"message": {"content": "no closing')
+                if action == "nochoices":
+                    return self._send(200, b'{"object": "chat.completion", "choices": []}')
+                if action == "reasoning":
+                    return self._send(200, _completion(case, chat, "[2] > [1]", reasoning="because 2 is better"))
+                if action == "think":
+                    return self._send(200, _completion(case, chat, "<think>step by step</think>\n[1] > [2]"))
+                if action == "slow_ok":
+                    time.sleep(0.2)
+                return self._send(200, _completion(case, chat, f"answer for {case}"))
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self.port = self._httpd.server_address[1]
+        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+def _completion(case: str, chat: bool, content: str, reasoning: str | None = None) -> bytes:
+    usage = {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
+    if chat:
+        message = {"role": "assistant", "content": content}
+        if reasoning is not None:
+            message["reasoning_content"] = reasoning
+        choice = {"index": 0, "message": message, "finish_reason": "stop"}
+    else:
+        choice = {"index": 0, "text": content, "finish_reason": "stop"}
+    return json.dumps({"id": f"x-{case}", "object": "chat.completion" if chat else "text_completion",
+                       "choices": [choice], "usage": usage}).encode()
