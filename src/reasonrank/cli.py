@@ -276,6 +276,11 @@ def model_list():
         print(f"{spec.name}{aliases}\t{source}\t{spec.notes}")
 
 
+from reasonrank.synthesis.commands import app as synth_app  # noqa: E402  (sub-apps import nothing heavy)
+
+app.add_typer(synth_app, name="synth", help="Training-data synthesis with a teacher model.")
+
+
 def main() -> None:
     try:
         app(standalone_mode=False)
