@@ -473,3 +473,30 @@ def test_released_import_and_synthesis_share_a_run(tiny_run, tmp_path):
     assert backend.asked == 6  # nothing new to ask: the imported sample needs no teacher
     assert {d: v["after_filter"] for d, v in summary["domains"].items()} == {"mathqa": 1, "tiny": 3}
     assert json.loads((run / "export" / "manifest.json").read_text())["per_domain"] == {"mathqa": 1, "tiny": 3}
+
+
+class PartialTeacher(EchoTeacher):
+    """Ranks only two passages, without tags: '[2] > [1]' (what weak teachers do)."""
+
+    def generate(self, prompts, params):
+        out = super().generate(prompts, params)
+        for p, g in zip(prompts, out, strict=True):
+            if "relevance assessor" not in p.messages[0]["content"]:
+                g.text = "[2] > [1]"
+        return out
+
+
+def test_answers_leaving_passages_out_are_parse_failures_unless_allowed(tmp_path):
+    spec = write_tiny_corpus(tmp_path)
+    run = tmp_path / "run"
+    teacher = Teacher.for_run(TeacherConfig("partial", temperature=0.0, api_key_env=""), run, backend=PartialTeacher())
+    summary = run_all(run, [spec], teacher, SMALL, bm25_cache=tmp_path / "bm25")
+    dom = summary["domains"]["tiny"]
+    assert dom["labelled"] == {"parse_failed": 3} and dom["label_parse_failure_rate"] == 1.0
+    rec = StageFile(run / "labels.jsonl").load()["tiny/q-alpha"]
+    assert rec["reason"].startswith("the answer ranks 2 of 6 passages")
+    summary = run_label(run, teacher, window=6, max_new_tokens=64, allow_missing=True, force=True)
+    assert summary["domains"]["tiny"]["labelled"] == {"ok": 3}
+    assert teacher.stats.sent == 6  # the relabelling came from the cache
+    rec = StageFile(run / "labels.jsonl").load()["tiny/q-alpha"]
+    assert rec["permutation"][:2] == [2, 1] and rec["permutation"][2:] == [3, 4, 5, 6] and rec["reasoning"] == ""

@@ -175,6 +175,8 @@ def mine(run: Path = RunOpt, depth: int = typer.Option(20, help="Candidates judg
 def label(run: Path = RunOpt, window: int = typer.Option(20, help="Passages per sample."),
           max_tokens: int = typer.Option(3172, help="Teacher token budget (reasoning + answer)."),
           accept_repaired: bool = typer.Option(True, "--accept-repaired/--strict", help="Keep answers the parser had to repair."),
+          allow_missing: bool = typer.Option(False, "--allow-missing/--require-complete",
+                                             help="Keep answers that leave passages out (filled in input order)."),
           passage_tokens: Optional[int] = PassageOpt, tokenizer: Optional[str] = TokOpt, batch_size: Optional[int] = BatchOpt,
           force: bool = ForceOpt, model: Optional[str] = ModelOpt, base_url: Optional[List[str]] = BaseUrlOpt,
           api_key_env: str = KeyEnvOpt, api_key_file: Optional[Path] = KeyFileOpt, concurrency: int = ConcOpt,
@@ -189,7 +191,7 @@ def label(run: Path = RunOpt, window: int = typer.Option(20, help="Passages per 
     try:
         _print_summary(run_label(run, teacher, window=window, max_new_tokens=max_tokens, passage_tokens=passage_tokens,
                                  tokenizer=_tokenizer(tokenizer), accept_repaired=accept_repaired,
-                                 batch_size=batch_size, force=force))
+                                 allow_missing=allow_missing, batch_size=batch_size, force=force))
     finally:
         teacher.close()
 
@@ -233,6 +235,7 @@ def run_cmd(run: Path = RunOpt, source: Optional[List[str]] = SourceOpt, corpus:
             depth: int = typer.Option(20), chunk: int = typer.Option(20), mine_max_tokens: int = typer.Option(2048),
             window: int = typer.Option(20), max_tokens: int = typer.Option(3172),
             accept_repaired: bool = typer.Option(True, "--accept-repaired/--strict"),
+            allow_missing: bool = typer.Option(False, "--allow-missing/--require-complete"),
             alpha: float = typer.Option(0.4), require_reasoning: bool = typer.Option(True, "--require-reasoning/--allow-empty-reasoning"),
             out: Optional[Path] = typer.Option(None, "--out", "-o"), bm25_cache: Optional[Path] = typer.Option(None),
             passage_tokens: Optional[int] = PassageOpt, tokenizer: Optional[str] = TokOpt, batch_size: Optional[int] = BatchOpt,
@@ -251,6 +254,7 @@ def run_cmd(run: Path = RunOpt, source: Optional[List[str]] = SourceOpt, corpus:
                        top_p, seed, price_prompt, price_completion, extra_body, server_slots, no_cache)
     config = SynthesisConfig(k=k, mine_depth=depth, mine_chunk=chunk, mine_max_tokens=mine_max_tokens, window=window,
                              label_max_tokens=max_tokens, passage_tokens=passage_tokens, accept_repaired=accept_repaired,
+                             allow_missing=allow_missing,
                              alpha=alpha, require_reasoning=require_reasoning, batch_size=batch_size)
     try:
         _print_summary(run_all(run, specs, teacher, config, tokenizer=_tokenizer(tokenizer), bm25_cache=bm25_cache,

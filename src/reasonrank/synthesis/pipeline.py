@@ -18,7 +18,9 @@ teacher's parse-failure rates, tokens, cost and seconds, accumulated over every 
 from __future__ import annotations
 
 import logging
+import re
 import time
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -281,19 +283,20 @@ def build_window(ranked: Sequence[str], judged: Sequence[str], relevant: Sequenc
 
 def run_label(run_dir: str | Path, teacher: Teacher, *, window: int = 20, max_new_tokens: int = 3172,
               passage_tokens: int | None = None, tokenizer=None, accept_repaired: bool = True,
-              batch_size: int | None = None, force: bool = False,
+              allow_missing: bool = False, batch_size: int | None = None, force: bool = False,
               progress: Callable[[str], None] | None = None) -> dict:
     """The teacher ranks each window with the exact ReasonRank prompt; its reasoning and permutation
     become `reasoning`, `final_list`. Unreadable answers are recorded as parse_failed with the
-    parser's reason; a repaired answer (e.g. ids missing and appended) is kept unless
-    `accept_repaired=False`."""
+    parser's reason. A repaired answer (no tags, ties, duplicates, look-alike digits) is kept unless
+    `accept_repaired=False`; one that leaves passages out is parse_failed unless `allow_missing`
+    (the parser would fill them in input order, which is not the teacher's ranking)."""
     run_dir = Path(run_dir)
     t0 = time.perf_counter()
     before = _snapshot(teacher.stats)
     tok_name = getattr(tokenizer, "name_or_path", None) if tokenizer is not None else None
     check_settings(run_dir, "label", {"teacher": teacher.identity(), "window": window, "max_new_tokens": max_new_tokens,
                                       "passage_tokens": passage_tokens, "tokenizer": tok_name,
-                                      "accept_repaired": accept_repaired}, force)
+                                      "accept_repaired": accept_repaired, "allow_missing": allow_missing}, force)
     queries = stage_file(run_dir, "sources").load()
     cands = stage_file(run_dir, "candidates").load()
     mined = stage_file(run_dir, "mine").load()
@@ -321,7 +324,7 @@ def run_label(run_dir: str | Path, teacher: Teacher, *, window: int = 20, max_ne
             jobs.append((base, initial, m["relevant_docids"], messages))
             conversations.append(messages)
         gens = teacher.generate(conversations, max_new_tokens) if conversations else []
-        records = skipped + [_label_record(base, initial, rel, messages, gen, cached, accept_repaired)
+        records = skipped + [_label_record(base, initial, rel, messages, gen, cached, accept_repaired, allow_missing)
                              for (base, initial, rel, messages), (gen, cached) in zip(jobs, gens, strict=True)]
         out.append(records)
         finished += len(records)
@@ -334,7 +337,14 @@ def run_label(run_dir: str | Path, teacher: Teacher, *, window: int = 20, max_ne
     return _finish_stage(run_dir, "label", time.perf_counter() - t0, _delta(teacher.stats, before))
 
 
-def _label_record(base: dict, initial: list[str], relevant: list[str], messages, gen, cached: bool, accept_repaired: bool) -> dict:
+def ranked_ids(answer: str, n: int) -> int:
+    """How many distinct ids within 1..n an answer names (look-alike digits normalised)."""
+    text = unicodedata.normalize("NFKC", answer or "")
+    return len({int(d) for d in re.findall(r"\d{1,9}", text) if 1 <= int(d) <= n})
+
+
+def _label_record(base: dict, initial: list[str], relevant: list[str], messages, gen, cached: bool, accept_repaired: bool,
+                  allow_missing: bool = False) -> dict:
     rec = {**base, "initial_list": initial, "relevant_docids": list(relevant), "messages": messages,
            "cached": cached, "retries": gen.retries, "finish_reason": gen.finish_reason,
            "prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.completion_tokens, "seconds": round(gen.seconds, 3)}
@@ -347,6 +357,11 @@ def _label_record(base: dict, initial: list[str], relevant: list[str], messages,
     usable = parsed.status is ParseStatus.OK or (parsed.status is ParseStatus.REPAIRED and accept_repaired)
     if not usable:
         rec.update(status="parse_failed", reason=f"ranking answer unusable ({parsed.status.value}): {parsed.detail}")
+        return rec
+    ranked = ranked_ids(parsed.answer, n)
+    if ranked < n and not allow_missing:
+        # the rest of such a "ranking" is the parser's fill-in (input order), not the teacher's judgement
+        rec.update(status="parse_failed", reason=f"the answer ranks {ranked} of {n} passages ({parsed.detail})")
         return rec
     rec.update(status="ok", reason="", reasoning=parsed.reasoning.strip(),
                permutation=[p + 1 for p in parsed.permutation],
@@ -513,6 +528,7 @@ class SynthesisConfig:
     label_max_tokens: int = 3172  # the paper's budget: 3,072 reasoning + 100 answer
     passage_tokens: int | None = None  # None: ReasonRank's budget for the domain (512 BRIGHT/R2MED, else 100)
     accept_repaired: bool = True
+    allow_missing: bool = False  # keep answers that leave passages out (filled in input order)
     alpha: float = DEFAULT_ALPHA
     require_reasoning: bool = True
     batch_size: int | None = None  # samples per teacher batch (default 2 x concurrency)
@@ -532,7 +548,8 @@ def run_all(run_dir: str | Path, specs: Sequence[SourceSpec], teacher: Teacher, 
     run_mine(run_dir, teacher, depth=c.mine_depth, chunk=c.mine_chunk, max_new_tokens=c.mine_max_tokens,
              passage_tokens=c.passage_tokens, tokenizer=tokenizer, batch_size=c.batch_size, force=force, progress=progress)
     run_label(run_dir, teacher, window=c.window, max_new_tokens=c.label_max_tokens, passage_tokens=c.passage_tokens,
-              tokenizer=tokenizer, accept_repaired=c.accept_repaired, batch_size=c.batch_size, force=force, progress=progress)
+              tokenizer=tokenizer, accept_repaired=c.accept_repaired, allow_missing=c.allow_missing, batch_size=c.batch_size,
+              force=force, progress=progress)
     run_filter(run_dir, c.alpha, c.require_reasoning)
     run_export(run_dir, out_dir)
     return summarize(run_dir)
