@@ -11,6 +11,12 @@ Context: `n_ctx` must hold the prompt plus `max_new_tokens`. By default it is th
 context (capped at 32,768 tokens). A prompt that does not fit comes back as a Generation with
 `error` set; the rest of the batch still runs.
 
+Threads: `n_threads` defaults to every CPU the process may use, the fastest setting on an idle
+machine. On CPUs shared with other busy processes llama.cpp's threads wait on each other: measured
+here on 2 shared cores, generation ran at 0.6-2.1 tokens/s with n_threads=2 but 9-10 tokens/s with
+n_threads=1 (and ~24 tokens/s with n_threads=2 when the machine was nearly idle). Pass n_threads=1
+when the cores are shared.
+
 Log-probabilities (for pointwise judgements such as P("true")), without `logits_all` (which would
 keep n_ctx x vocab floats): the logits of each step are read as they are sampled.
 
