@@ -1,0 +1,140 @@
+"""GRPO on the RL export with TRL's GRPOTrainer and the multi-view ranking reward.
+
+The reward is `reasonrank.reward.trl_ranking_reward` (nDCG@10 + 0.2 Recall@10 + 0.1 RBO, with
+format rules); the RL rows' `ground_truth`, `initial_list` and `relevant_docids` columns reach it
+as keyword lists. `trl_format_reward` can be added (`format_reward`). Prompts longer than
+`max_prompt_length` are an error or, when asked, dropped and counted (TRL no longer truncates
+prompts, and verl's `filter_overlong_prompts` drops them silently).
+
+Batch layout. The paper (verl) counts prompts: 16 prompts per rollout step, 8 rollouts each,
+updates on mini-batches of 8 prompts. TRL counts completions per device and micro-steps, so for
+`W` processes and `per_device_train_batch_size` B:
+  gradient_accumulation_steps = prompts_per_update * num_generations / (W * B)
+  steps_per_generation        = prompts_per_rollout * num_generations / (W * B)
+  max_steps                   = rollout_steps * prompts_per_rollout / prompts_per_update
+`grpo_layout` computes them; explicit values in the overrides win.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from reasonrank.errors import ReasonRankError, require
+from reasonrank.reward import trl_format_reward, trl_ranking_reward
+from reasonrank.training._common import (
+    CHECKPOINTS, TrainResult, load_model, load_tokenizer_for, resume_argument, save_final, world_size, write_run_info,
+)
+from reasonrank.training.data import load_rl
+from reasonrank.training.models import resolve_model
+from reasonrank.training.presets import apply_overrides, build_config, load_preset, lora_config
+
+
+def grpo_layout(cfg: dict[str, Any], processes: int) -> dict[str, Any]:
+    """TRL batch arguments from the preset's prompt counts (see the module docstring)."""
+    targs = cfg["training_args"]
+    g = int(targs.get("num_generations", 8))
+    b = int(targs.get("per_device_train_batch_size", 1))
+    per_micro = processes * b
+    out: dict[str, Any] = {}
+    rollout, update = cfg.get("prompts_per_rollout"), cfg.get("prompts_per_update")
+    if rollout and update:
+        if rollout % update:
+            raise ReasonRankError(f"prompts_per_rollout {rollout} must be a multiple of prompts_per_update {update}")
+        for name, prompts in (("gradient_accumulation_steps", update), ("steps_per_generation", rollout)):
+            if (prompts * g) % per_micro:
+                raise ReasonRankError(
+                    f"{prompts} prompts x {g} generations = {prompts * g} completions cannot be split into micro-batches "
+                    f"of {processes} processes x {b} per device; change per_device_train_batch_size")
+            out[name] = prompts * g // per_micro
+        if cfg.get("rollout_steps"):
+            out["max_steps"] = int(cfg["rollout_steps"]) * (rollout // update)
+    if "generation_batch_size" in targs:
+        out.pop("steps_per_generation", None)
+    return {k: v for k, v in out.items() if k not in targs}
+
+
+def resolve_use_vllm(value: Any) -> bool:
+    """`"auto"`: vLLM when it is installed and a CUDA device is present (never on CPU)."""
+    has_vllm = importlib.util.find_spec("vllm") is not None
+    if value == "auto":
+        import torch
+
+        return has_vllm and torch.cuda.is_available()
+    if value and not has_vllm:
+        raise ReasonRankError("use_vllm is true but vllm is not installed: pip install 'reasonrank[vllm]', or set use_vllm=false")
+    return bool(value)
+
+
+def reward_functions(format_reward: bool) -> list[Callable]:
+    return [trl_ranking_reward] + ([trl_format_reward] if format_reward else [])
+
+
+def rl_dataset(rows: list[dict[str, Any]]):
+    datasets = require("datasets", "train", "GRPO training")
+    return datasets.Dataset.from_list(rows)
+
+
+def train_grpo(
+    model: str | Path,
+    data: str | Path,
+    output_dir: str | Path,
+    preset: str | Path = "cpu-tiny",
+    overrides: dict[str, Any] | None = None,
+    resume_from_checkpoint: bool | str | Path | None = None,
+    drop_overlong: bool = False,
+    merge: bool = True,
+    format_reward: bool | None = None,
+    tokenizer=None,
+    callbacks: list | None = None,
+) -> TrainResult:
+    """GRPO-train `model` (usually the SFT output) on an RL JSONL/parquet export.
+
+    `preset`: `7b-full`, `32b-lora`, `cpu-tiny` or a JSON path; `overrides`: preset keys
+    (`max_prompt_length`, `lora`, `prompts_per_rollout`, `prompts_per_update`, `rollout_steps`,
+    `format_reward`) or GRPOConfig fields. Logged metrics include `rewards/trl_ranking_reward/mean`.
+    """
+    trl = require("trl", "train", "GRPO training")
+    start = time.perf_counter()
+    cfg = apply_overrides(load_preset(preset, "grpo"), overrides)
+    if format_reward is not None:
+        cfg["format_reward"] = format_reward
+    out = Path(output_dir)
+    ckpt_dir = out / CHECKPOINTS
+    if not Path(data).is_file():
+        raise FileNotFoundError(f"{data}: no such training data file")
+    model_path = resolve_model(model)
+    tok = load_tokenizer_for(model_path, tokenizer)
+    rows, report = load_rl(data, tok, cfg.get("max_prompt_length"), drop_overlong)
+    resume = resume_argument(resume_from_checkpoint, ckpt_dir)
+
+    targs = dict(cfg["training_args"])
+    targs.update(grpo_layout(cfg, world_size()))
+    targs["use_vllm"] = resolve_use_vllm(targs.get("use_vllm", "auto"))
+    if not targs["use_vllm"]:
+        for key in [k for k in targs if k.startswith("vllm_")]:
+            targs.pop(key)
+    targs.update(output_dir=str(ckpt_dir), remove_unused_columns=False)
+    args = build_config(trl.GRPOConfig, targs)
+    peft_config = lora_config(cfg.get("lora"))
+    net = load_model(model_path, bf16=bool(args.bf16), fp16=bool(args.fp16))
+    trainer = trl.GRPOTrainer(
+        model=net, reward_funcs=reward_functions(bool(cfg.get("format_reward"))), args=args,
+        train_dataset=rl_dataset(rows), processing_class=tok, peft_config=peft_config, callbacks=callbacks,
+    )
+    trainer.train(resume_from_checkpoint=resume)
+    adapter_dir, merged = save_final(trainer, tok, out, model_path, lora=peft_config is not None, merge=merge)
+    result = TrainResult(out, ckpt_dir, trainer.state.global_step, time.perf_counter() - start, report,
+                         list(trainer.state.log_history), adapter_dir, merged, resume)
+    if trainer.accelerator.is_main_process:
+        write_run_info(out, {"stage": "grpo", "preset": cfg["_name"], "overrides": overrides or {}, "base_model": model_path,
+                             "data": str(data), "use_vllm": args.use_vllm,
+                             "batch": {"num_generations": args.num_generations,
+                                       "per_device_train_batch_size": args.per_device_train_batch_size,
+                                       "gradient_accumulation_steps": args.gradient_accumulation_steps,
+                                       "steps_per_generation": args.steps_per_generation,
+                                       "generation_batch_size": args.generation_batch_size, "max_steps": args.max_steps},
+                             **result.to_dict()})
+    return result
