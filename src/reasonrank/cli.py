@@ -278,7 +278,10 @@ def model_list():
 
 from reasonrank.synthesis.commands import app as synth_app  # noqa: E402  (sub-apps import nothing heavy)
 
+from reasonrank.training.commands import app as train_app  # noqa: E402
+
 app.add_typer(synth_app, name="synth", help="Training-data synthesis with a teacher model.")
+app.add_typer(train_app, name="train", help="Cold-start SFT and GRPO training (TRL, PEFT, accelerate).")
 
 
 def main() -> None:
