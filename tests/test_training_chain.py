@@ -111,6 +111,16 @@ def test_sft_resume_then_grpo_with_the_real_reward(work, monkeypatch):
     info = json.loads((rl.output_dir / "reasonrank_training.json").read_text())
     assert info["stage"] == "grpo" and info["use_vllm"] is False and info["versions"]["trl"]
 
+    # … and straight into the reranker's hf backend
+    from reasonrank.rerankers import Reranker
+    from reasonrank.types import Candidate
+
+    reranker = Reranker(model=str(rl.output_dir), backend="hf", window=3, step=3, max_new_tokens=8, max_passage_tokens=12)
+    row = work["rl_rows"][0]
+    cands = [Candidate(d, text=f"passage {d}") for d in row["initial_list"]]
+    result = reranker.rerank("a query", cands)
+    assert sorted(c.docid for c in result.candidates) == sorted(row["initial_list"])  # a random model: order kept or not
+
 
 def test_lora_sft_and_merge_through_the_cli(work):
     from typer.testing import CliRunner
