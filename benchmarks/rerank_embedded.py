@@ -40,7 +40,7 @@ def main() -> None:
                             journal=Path(tmp) / "traces.jsonl", **({"n_threads": args.threads} if args.threads else {}))
         load_seconds = time.perf_counter() - start
         results = reranker.rerank_batch(requests)
-        reranker.journal.close()
+        reranker.close()
     s = reranker.stats
     traces = [t for r in results for t in r.traces]
     prompt_s = sum(t.prompt_tokens for t in traces)

@@ -190,7 +190,7 @@ def rerank(
     size = batch_size or len(requests) or 1
     for i in range(0, len(requests), size):
         results += reranker.rerank_batch(requests[i:i + size])
-    reranker.journal.close()
+    reranker.close()
     reranked = results_to_run(results)
     write_run(output, reranked, tag="reasonrank")
     console.print(f"wrote {output}")
@@ -237,7 +237,7 @@ def demo(
     reranker = Reranker(None, "llamacpp", max_passage_tokens=100, top_k=top_k, max_new_tokens=max_new_tokens,
                         journal=traces, progress=True, **({"n_threads": threads} if threads else {}))
     results = reranker.rerank_batch(requests)
-    reranker.journal.close()
+    reranker.close()
     reranked = results_to_run(results)
     out = traces.with_name("scifact.reranked.trec")
     write_run(out, reranked)

@@ -91,6 +91,19 @@ class ListwiseReranker:
         self.stats = RunStats()
         self._settings = json.dumps([renderer.mode, self.params.max_new_tokens, self.params.temperature, self.params.seed])
 
+    def close(self) -> None:
+        """Flush the journal and free the engine (llama.cpp otherwise complains at interpreter exit)."""
+        self.journal.close()
+        close = getattr(self.backend, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
     def rerank(self, query: Query | str, candidates: Sequence[Candidate]) -> Result:
         if isinstance(query, str):
             query = Query("q", query)
