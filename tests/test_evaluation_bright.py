@@ -93,3 +93,11 @@ def test_python_literal_lists_and_na_sentinel(tmp_path):
     assert coll.qrels() == {"0": {"d1": 1, "d2": 1}, "1": {"d3": 1}}
     assert coll.excluded() == {"0": set(), "1": {"d4"}}
     assert not coll.has_docs
+
+
+def test_missing_queries_are_listed_not_averaged():
+    qrels = {"1": {"a": 1}, "2": {"b": 1}, "3": {"c": 1}}
+    result = evaluate({"1": {"a": 2.0, "x": 1.0}, "2": {"x": 2.0, "b": 1.0}}, qrels, ["nDCG@10"])
+    assert result.missing_queries == ["3"]
+    assert set(result.per_query) == {"1", "2"}
+    assert result.aggregate["nDCG@10"] == pytest.approx((1.0 + 1 / __import__("math").log2(3)) / 2)

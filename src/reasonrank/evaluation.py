@@ -72,7 +72,8 @@ def evaluate(
     qrels = {q: dict(d) for q, d in qrels.items() if d}
     run = {q: dict(d) for q, d in run.items() if q in qrels and d}
     per_query: dict[str, dict[str, float]] = {q: {} for q in run}
-    for metric in ir_measures.iter_calc(list(parsed.values()), qrels, run):
+    # ir-measures scores judged queries absent from the run as 0; we report them as missing instead
+    for metric in ir_measures.iter_calc(list(parsed.values()), {q: qrels[q] for q in run}, run):
         per_query[metric.query_id][by_measure[metric.measure]] = float(metric.value)
     aggregate = {name: mean(pq[name] for pq in per_query.values()) if per_query else 0.0 for name in measures}
     missing = sorted(set(qrels) - set(run))
