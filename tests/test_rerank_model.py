@@ -1,0 +1,63 @@
+"""The listwise reranker end to end on the real embedded model (llama.cpp): CLI, kill and resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from _data import SCIFACT, needs_data
+from conftest import qwen_gguf_path
+
+from reasonrank.io import load_collection, read_run, write_run
+from reasonrank.retrieval import BM25Index
+
+pytestmark = [pytest.mark.model, needs_data, pytest.mark.skipif(not qwen_gguf_path().exists(), reason="embedded model not assembled")]
+
+ARGS = ["--top-k", "6", "--window", "4", "--step", "2", "--max-new-tokens", "24", "--max-passage-tokens", "30", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def first_stage(tmp_path_factory):
+    coll = load_collection(SCIFACT)
+    queries = list(coll.queries())[:2]
+    path = tmp_path_factory.mktemp("run") / "bm25.trec"
+    write_run(path, BM25Index.for_collection(coll, cache=path.parent).search(queries, k=6, show_progress=False))
+    return path
+
+
+def cli(*args, **kw):
+    return subprocess.Popen([sys.executable, "-m", "reasonrank.cli", "rerank", "-c", str(SCIFACT), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_rerank_cli_then_kill_and_resume_gives_identical_output(first_stage, tmp_path):
+    full = cli("--run", str(first_stage), "-o", str(tmp_path / "full.trec"), "--traces", str(tmp_path / "full.jsonl"), *ARGS)
+    out, err = full.communicate(timeout=900)
+    assert full.returncode == 0, err
+    assert "first stage" in out and "reranked" in out and "nDCG@10" in out
+    assert "windows 4 (0 resumed" in err and "parse status:" in err and "seconds/query" in err
+    traces = [json.loads(line) for line in (tmp_path / "full.jsonl").read_text().splitlines()]
+    assert len(traces) == 4 and all(t["prompt_tokens"] > 0 and t["completion_tokens"] > 0 for t in traces)
+
+    journal = tmp_path / "killed.jsonl"
+    proc = cli("--run", str(first_stage), "-o", str(tmp_path / "resumed.trec"), "--traces", str(journal), *ARGS)
+    deadline = time.time() + 900
+    while time.time() < deadline and proc.poll() is None:
+        if journal.exists() and len(journal.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.2)
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert not (tmp_path / "resumed.trec").exists()
+    done = len(journal.read_text().splitlines())
+    assert 2 <= done <= 4
+    resumed = cli("--run", str(first_stage), "-o", str(tmp_path / "resumed.trec"), "--traces", str(journal), *ARGS)
+    out, err = resumed.communicate(timeout=900)
+    assert resumed.returncode == 0, err
+    assert f"({done} resumed" in err
+    assert read_run(tmp_path / "resumed.trec") == read_run(tmp_path / "full.trec")
