@@ -1,0 +1,3 @@
+from reasonrank.serving.commands import main
+
+main()

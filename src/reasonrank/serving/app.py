@@ -1,0 +1,325 @@
+"""The rerank service: a FastAPI app speaking Cohere's rerank API, backed by the listwise reranker.
+
+    app = create_app(ServeConfig(model=None, backend="llamacpp"))      # or create_app(lambda: Reranker(...))
+    uvicorn.run(app, host="127.0.0.1", port=8000)
+
+Endpoints:
+
+* POST /v1/rerank, POST /v2/rerank: Cohere-shaped rerank (see reasonrank.serving.schema); the
+  official `cohere` SDK works unchanged with `base_url` pointing here.
+* GET /v1/models: the served model name and the aliases requests may use.
+* GET /health: liveness/readiness (never needs the API key).
+* GET /metrics: Prometheus text format (requests, latency histogram, windows by parse status, parse
+  failures, tokens, backend batch sizes, cancellations, queue depth).
+
+Each request runs its own ListwiseReranker (its RunStats and journal are per request) in a worker
+thread; all of them share one prompt renderer and one BatchingBackend, so windows of concurrent
+requests go to the model in the same generate() call (see reasonrank.serving.batching).
+
+Errors are JSON `{"message": ..., "type": ..., "code": status}`: 400 invalid input, 401 missing or
+wrong bearer token, 404 unknown model, 413 body over the size cap, 500 model failure, 503 draining
+or over `max_in_flight`. A client that disconnects cancels its request: no further windows of it are
+queued. On shutdown (SIGINT/SIGTERM under uvicorn) the listening socket closes first, accepted
+requests finish, then the batching worker stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import hmac
+import json
+import logging
+import threading
+import time
+import uuid
+from contextlib import asynccontextmanager
+from typing import Callable
+
+from reasonrank.errors import require
+
+fastapi = require("fastapi", "serve", "The rerank service")
+from fastapi import Request  # module level: FastAPI resolves the handlers' annotations here
+
+from reasonrank.serving.batching import BatchingBackend, RequestCancelled
+from reasonrank.serving.config import ServeConfig, model_names
+from reasonrank.serving.metrics import Metrics
+from reasonrank.serving.schema import ApiError, Limits, RerankInput, build_response, parse_request
+
+log = logging.getLogger("reasonrank.serving")
+
+RerankerFactory = Callable[[], object]  # () -> ListwiseReranker (its backend, renderer and settings are used)
+
+
+class _SerialRenderer:
+    """The shared PromptRenderer, with render() serialised: Hugging Face fast tokenizers are not safe
+    to call from several threads at once ("Already borrowed"). Rendering is cheap next to generation."""
+
+    def __init__(self, renderer):
+        self._renderer = renderer
+        self._lock = threading.Lock()
+
+    def render(self, query, candidates):
+        with self._lock:
+            return self._renderer.render(query, candidates)
+
+    def __getattr__(self, name):
+        return getattr(self._renderer, name)
+
+
+class RerankService:
+    """The model side of the app: loads once, reranks one validated request at a time per thread."""
+
+    def __init__(self, source: ServeConfig | RerankerFactory | None, config: ServeConfig | None = None):
+        if isinstance(source, ServeConfig):
+            config, factory = source, None
+        else:
+            factory = source
+        self.config = config or ServeConfig()
+        self.factory = factory
+        self.metrics = Metrics()
+        self.batcher: BatchingBackend | None = None
+        self.renderer = None
+        self.template = None
+        self.served, self.names = model_names(self.config, registry=factory is None)
+        self.in_flight = 0
+        self.draining = False
+        self._lock = threading.Lock()
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def load(self) -> None:
+        started = time.perf_counter()
+        template = self.factory() if self.factory is not None else self._build()
+        self.template = template
+        renderer = template.renderer
+        tokenizer = getattr(renderer, "tokenizer", None)
+        if tokenizer is not None and tokenizer is getattr(template.backend, "tokenizer", None):
+            # load_tokenizer() is cached, so an HF backend and the renderer hold the same object; the
+            # batching worker uses the backend's while request threads render: give rendering its own copy
+            from reasonrank.prompts import PromptRenderer
+
+            renderer = PromptRenderer(copy.deepcopy(tokenizer), mode=renderer.template,
+                                      max_passage_tokens=renderer.max_passage_tokens, cache_size=renderer.cache_size)
+        self.renderer = _SerialRenderer(renderer)
+        self.batcher = BatchingBackend(
+            template.backend, max_batch=self.config.max_batch, max_wait=self.config.batch_wait_ms / 1000.0,
+            on_batch=self.metrics.observe_batch, on_drop=self.metrics.dropped_prompts.inc)
+        self.served, self.names = model_names(self.config, getattr(template.backend, "model", None), registry=self.factory is None)
+        log.info("serving %s (%s backend) loaded in %.1fs", self.served, self.batcher.name, time.perf_counter() - started)
+
+    def _build(self):
+        from reasonrank.backends.factory import backend_name
+        from reasonrank.rerankers import Reranker
+
+        c = self.config
+        options = dict(c.backend_options)
+        if backend_name(c.backend, c.model, **options) == "hf":
+            options.setdefault("batch_size", c.max_batch)  # one gathered batch = one padded forward batch
+        return Reranker(c.model, c.backend, mode=c.mode, max_passage_tokens=c.max_passage_tokens, top_k=c.max_documents,
+                        window=c.window, step=c.step, passes=c.passes, max_new_tokens=c.max_new_tokens,
+                        tokenizer=c.tokenizer, **options)
+
+    def close(self) -> None:
+        self.draining = True
+        if self.batcher is not None:
+            self.batcher.close()
+
+    # -- work ---------------------------------------------------------------------------------
+
+    def admit(self) -> None:
+        with self._lock:
+            if self.draining:
+                raise ApiError(503, "the server is shutting down", "unavailable")
+            if self.in_flight >= self.config.max_in_flight:
+                raise ApiError(503, f"server busy: {self.in_flight} requests in flight (limit {self.config.max_in_flight}); "
+                                    f"retry later", "unavailable")
+            self.in_flight += 1
+        self.metrics.in_flight.inc()
+
+    def release(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
+        self.metrics.in_flight.dec()
+
+    def rerank(self, req: RerankInput, cancel: threading.Event) -> tuple[list[int], list]:
+        """(document indices best first, window traces). Blocking; raises RequestCancelled."""
+        from reasonrank.journal import Journal
+        from reasonrank.rerankers.listwise import ListwiseReranker
+        from reasonrank.types import Candidate, Query, Request
+
+        n = len(req.texts)
+        if n == 1:  # nothing to order: no model call
+            return [0], []
+        t = self.template
+        candidates = [Candidate(str(i), 0.0, text) for i, text in enumerate(req.texts)]
+        reranker = ListwiseReranker(self.batcher.client(cancel), self.renderer, top_k=n, window=t.window, step=t.step,
+                                    passes=t.passes, params=t.params, journal=Journal(None))
+        result = reranker.rerank_batch([Request(Query("q", req.query), candidates)])[0]
+        traces = result.traces
+        self.metrics.observe_traces(traces)
+        if traces and all(tr.status == "backend_error" for tr in traces):
+            raise ApiError(500, f"the model failed on every window: {traces[0].raw_output[:500]}", "model_error")
+        return [int(c.docid) for c in result.candidates], traces
+
+
+def _check_auth(service: RerankService, request) -> None:
+    keys = service.config.api_keys
+    if not keys:
+        return
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiError(401, "missing API key: send the header 'Authorization: Bearer <key>'", "unauthorized")
+    token = token.strip().encode()
+    if not any(hmac.compare_digest(token, k.encode()) for k in keys):
+        raise ApiError(401, "invalid API key", "unauthorized")
+
+
+async def _read_body(request, cap: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise ApiError(400, "invalid Content-Length header") from None
+        if size > cap:
+            raise ApiError(413, f"request body of {size} bytes is over the limit of {cap} bytes", "payload_too_large")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > cap:
+            raise ApiError(413, f"request body is over the limit of {cap} bytes", "payload_too_large")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(source: ServeConfig | RerankerFactory | None = None, config: ServeConfig | None = None):
+    """A FastAPI app. `source` is a ServeConfig (the model is built from it at startup) or a factory
+    returning a ListwiseReranker whose backend, renderer, window, step, passes and sampling params are
+    used (limits, batching, auth and model names then come from `config`). The model loads in the
+    app's startup (lifespan), so the server answers only once it is ready."""
+    import anyio
+    from fastapi.responses import JSONResponse, Response
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+    from starlette.requests import ClientDisconnect
+
+    service = RerankService(source, config)
+    limiter = anyio.CapacityLimiter(service.config.max_in_flight)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        await anyio.to_thread.run_sync(service.load)
+        try:
+            yield
+        finally:
+            # uvicorn has stopped accepting and finished the accepted requests by now
+            await anyio.to_thread.run_sync(service.close)
+
+    app = fastapi.FastAPI(title="reasonrank rerank service", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.service = service
+
+    def error(exc: ApiError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request, exc):  # unknown paths, wrong methods: the same JSON shape
+        return JSONResponse({"message": str(exc.detail), "type": "http_error", "code": exc.status_code},
+                            status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    async def handle(request, version: int):
+        endpoint = f"/v{version}/rerank"
+        started = time.perf_counter()
+        status = 500
+        admitted = False
+        try:
+            _check_auth(service, request)
+            raw = await _read_body(request, service.config.max_body_bytes)
+            try:
+                body = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise ApiError(400, f"the request body is not valid JSON: {exc}") from None
+            c = service.config
+            req = parse_request(body, version, Limits(c.max_documents, c.max_document_chars, c.max_query_chars),
+                                service.names, service.served)
+            service.admit()
+            admitted = True
+            service.metrics.documents.inc(len(req.texts))
+            cancel = threading.Event()
+
+            async def watch_disconnect():
+                while True:
+                    message = await request.receive()
+                    if message["type"] == "http.disconnect":
+                        cancel.set()
+                        return
+
+            watcher = asyncio.create_task(watch_disconnect())
+            try:
+                order, traces = await anyio.to_thread.run_sync(service.rerank, req, cancel, limiter=limiter)
+            finally:
+                watcher.cancel()
+            status = 200
+            return JSONResponse(build_response(req, order, traces, str(uuid.uuid4())))
+        except ApiError as exc:
+            status = exc.status
+            return error(exc)
+        except (RequestCancelled, ClientDisconnect):
+            status = 499  # nginx's "client closed request"; nobody reads this response
+            service.metrics.cancelled.inc()
+            log.info("%s: client disconnected; remaining windows cancelled", endpoint)
+            return JSONResponse({"message": "client disconnected", "type": "cancelled", "code": 499}, status_code=499)
+        except Exception as exc:  # one bad request must not take the server down
+            log.exception("%s failed", endpoint)
+            status = 500
+            return JSONResponse({"message": f"internal error: {type(exc).__name__}: {exc}", "type": "internal_error",
+                                 "code": 500}, status_code=500)
+        finally:
+            if admitted:
+                service.release()
+            service.metrics.requests.labels(endpoint=endpoint, code=str(status)).inc()
+            service.metrics.latency.labels(endpoint=endpoint).observe(time.perf_counter() - started)
+
+    @app.post("/v1/rerank")
+    async def rerank_v1(request: Request):
+        return await handle(request, 1)
+
+    @app.post("/v2/rerank")
+    async def rerank_v2(request: Request):
+        return await handle(request, 2)
+
+    @app.get("/v1/models")
+    async def list_models(request: Request):
+        try:
+            _check_auth(service, request)
+        except ApiError as exc:
+            return error(exc)
+        return {"data": [{"id": service.served, "object": "model", "aliases": service.names,
+                          "backend": service.batcher.name if service.batcher else None}]}
+
+    @app.get("/health")
+    async def health():
+        batcher = service.batcher
+        body = {
+            "status": "draining" if service.draining else "ok",
+            "model": service.served,
+            "backend": batcher.name if batcher else None,
+            "in_flight": service.in_flight,
+            "queued_windows": batcher.queued if batcher else 0,
+            "max_batch": service.config.max_batch,
+        }
+        return JSONResponse(body, status_code=503 if service.draining else 200)
+
+    @app.get("/metrics")
+    async def metrics(request: Request):
+        try:
+            _check_auth(service, request)
+        except ApiError as exc:
+            return error(exc)
+        if service.batcher is not None:
+            service.metrics.queue_depth.set(service.batcher.queued)
+        data, content_type = service.metrics.render()
+        return Response(data, media_type=content_type)
+
+    return app

@@ -1,0 +1,213 @@
+"""Rerank request validation and response shapes (Cohere's v1/v2 rerank API).
+
+Request (POST /v1/rerank or /v2/rerank, JSON):
+
+    model             string; the served model name or an alias (optional on /v1, like Cohere's v1)
+    query             non-empty string
+    documents         non-empty list of strings or objects with a string "text" (v1: other fields are
+                      kept and echoed back with return_documents)
+    top_n             integer >= 1; how many results to return (more than the documents: all)
+    return_documents  boolean; include each document in its result
+    rank_fields       (v1) list of keys: rank on "key: value" lines of those fields of object documents
+    return_reasoning  boolean (extension): add `reasoning`, the per-window model output
+    max_chunks_per_doc, max_tokens_per_doc, priority, relevant_spans: accepted and ignored
+                      (documents are cut to the server's passage token budget instead)
+
+Response:
+
+    {"id": "...", "results": [{"index": 3, "relevance_score": 1.0, "document": {"text": ...}?}, ...],
+     "meta": {"api_version": {"version": "1"|"2", ...}, "billed_units": {"search_units": 1},
+              "tokens": {"input_tokens": N, "output_tokens": M}, "warnings": [...]?},
+     "reasoning": [...]?}
+
+`relevance_score` is derived from the final rank only: the document ranked r-th (r = 0 for the top)
+scores 1 / (r + 1), the reciprocal rank. It is in (0, 1], 1.0 for the top document and strictly
+decreasing down the list, so sorting by it gives the model's order; it is not a calibrated
+probability and does not compare across requests beyond that.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+IGNORED_FIELDS = ("max_chunks_per_doc", "max_tokens_per_doc", "priority", "relevant_spans")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, kind: str = "invalid_request"):
+        super().__init__(message)
+        self.status, self.message, self.kind = status, message, kind
+
+    def body(self) -> dict:
+        return {"message": self.message, "type": self.kind, "code": self.status}
+
+
+@dataclass
+class RerankInput:
+    version: int
+    model: str
+    query: str
+    texts: list[str]
+    originals: list[Any]
+    top_n: int
+    return_documents: bool = False
+    return_reasoning: bool = False
+    ignored: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Limits:
+    max_documents: int
+    max_document_chars: int
+    max_query_chars: int
+
+
+def _bad(message: str) -> ApiError:
+    return ApiError(400, message)
+
+
+def _type_name(value: Any) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean", int: "integer", float: "number",
+            type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _bool(body: dict, key: str) -> bool:
+    value = body.get(key)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise _bad(f"'{key}' must be a boolean, got {_type_name(value)}")
+    return value
+
+
+def parse_request(body: Any, version: int, limits: Limits, model_names: list[str], served: str) -> RerankInput:
+    """A validated request, or ApiError (400; 404 for an unknown model)."""
+    if not isinstance(body, dict):
+        raise _bad(f"the request body must be a JSON object, got {_type_name(body)}")
+    model = body.get("model")
+    if model is None:
+        if version == 2:
+            raise _bad(f"'model' is required; this server serves '{served}'")
+        model = served
+    elif not isinstance(model, str):
+        raise _bad(f"'model' must be a string, got {_type_name(model)}")
+    elif model.strip().lower() not in model_names:
+        raise ApiError(404, f"model '{model}' not found; this server serves '{served}' "
+                            f"(also accepted: {', '.join(n for n in model_names if n != served.lower())})", "not_found")
+
+    query = body.get("query")
+    if query is None:
+        raise _bad("'query' is required")
+    if not isinstance(query, str):
+        raise _bad(f"'query' must be a string, got {_type_name(query)}")
+    if not query.strip():
+        raise _bad("'query' must not be empty")
+    if len(query) > limits.max_query_chars:
+        raise _bad(f"'query' is {len(query)} characters; the limit is {limits.max_query_chars}")
+
+    rank_fields = body.get("rank_fields")
+    if rank_fields is not None and (not isinstance(rank_fields, list) or not rank_fields
+                                    or not all(isinstance(f, str) for f in rank_fields)):
+        raise _bad("'rank_fields' must be a non-empty array of strings")
+
+    documents = body.get("documents")
+    if documents is None:
+        raise _bad("'documents' is required")
+    if not isinstance(documents, list):
+        raise _bad(f"'documents' must be an array of strings or objects with a 'text' field, got {_type_name(documents)}")
+    if not documents:
+        raise _bad("'documents' must not be empty")
+    if len(documents) > limits.max_documents:
+        raise _bad(f"{len(documents)} documents sent; the limit is {limits.max_documents} per request")
+    texts = [_document_text(i, d, rank_fields) for i, d in enumerate(documents)]
+    for i, text in enumerate(texts):
+        if len(text) > limits.max_document_chars:
+            raise _bad(f"documents[{i}] is {len(text)} characters; the limit is {limits.max_document_chars}")
+
+    top_n = body.get("top_n")
+    if top_n is None:
+        top_n = len(documents)
+    elif isinstance(top_n, bool) or not isinstance(top_n, int):
+        raise _bad(f"'top_n' must be an integer, got {_type_name(top_n)}")
+    elif top_n < 1:
+        raise _bad(f"'top_n' must be at least 1, got {top_n}")
+    return RerankInput(
+        version=version, model=model, query=query, texts=texts, originals=documents,
+        top_n=min(top_n, len(documents)), return_documents=_bool(body, "return_documents"),
+        return_reasoning=_bool(body, "return_reasoning"), ignored=[k for k in IGNORED_FIELDS if body.get(k) is not None],
+    )
+
+
+def _document_text(i: int, doc: Any, rank_fields: list[str] | None) -> str:
+    if isinstance(doc, str):
+        return doc
+    if not isinstance(doc, dict):
+        raise _bad(f"documents[{i}] must be a string or an object with a 'text' field, got {_type_name(doc)}")
+    if rank_fields:
+        lines = []
+        for key in rank_fields:
+            if key in doc:
+                value = doc[key]
+                if not isinstance(value, str):
+                    raise _bad(f"documents[{i}].{key} must be a string, got {_type_name(value)}")
+                lines.append(f"{key}: {value}")
+        if not lines:
+            raise _bad(f"documents[{i}] has none of the rank_fields {rank_fields}")
+        return "\n".join(lines)
+    if "text" not in doc:
+        raise _bad(f"documents[{i}] has no 'text' field")
+    if not isinstance(doc["text"], str):
+        raise _bad(f"documents[{i}].text must be a string, got {_type_name(doc['text'])}")
+    return doc["text"]
+
+
+def relevance_score(rank: int) -> float:
+    """The score of the document at 0-based position `rank` of the final order: 1 / (rank + 1)."""
+    return 1.0 / (rank + 1)
+
+
+def build_response(req: RerankInput, order: list[int], traces: list, request_id: str) -> dict:
+    """The Cohere-shaped answer. `order` lists document indices best first."""
+    results = []
+    for rank, index in enumerate(order[:req.top_n]):
+        item: dict[str, Any] = {"index": index, "relevance_score": relevance_score(rank)}
+        if req.return_documents:
+            original = req.originals[index]
+            item["document"] = dict(original) if isinstance(original, dict) else {"text": original}
+        results.append(item)
+    prompt_tokens = sum(t.prompt_tokens for t in traces)
+    completion_tokens = sum(t.completion_tokens for t in traces)
+    api_version: dict[str, Any] = {"version": str(req.version)}
+    if req.version == 2:
+        api_version["is_experimental"] = False
+    meta: dict[str, Any] = {
+        "api_version": api_version,
+        # Cohere bills one search unit per query of up to 100 documents
+        "billed_units": {"search_units": max(1, math.ceil(len(req.texts) / 100))},
+        "tokens": {"input_tokens": prompt_tokens, "output_tokens": completion_tokens},
+    }
+    warnings = []
+    failed = [t for t in traces if t.status not in ("ok", "repaired")]
+    if failed:
+        kinds = sorted({t.status for t in failed})
+        warnings.append(f"{len(failed)} of {len(traces)} windows gave no usable ranking ({', '.join(kinds)}); "
+                        f"those windows kept their input order")
+    if req.ignored:
+        warnings.append(f"ignored: {', '.join(req.ignored)} (documents are cut to the server's passage token budget)")
+    if warnings:
+        meta["warnings"] = warnings
+    out: dict[str, Any] = {"id": request_id, "results": results, "meta": meta}
+    if req.return_reasoning:
+        out["reasoning"] = [
+            {
+                "pass": t.pass_index, "start": t.start, "end": t.end,
+                "documents": [int(d) for d in t.docids],  # indices of the window's documents, in its input order
+                "permutation": list(t.permutation),  # the model's order, as positions within the window
+                "status": t.status, "reasoning": t.reasoning, "raw_output": t.raw_output,
+                "prompt_tokens": t.prompt_tokens, "completion_tokens": t.completion_tokens, "seconds": round(t.seconds, 4),
+            }
+            for t in traces
+        ]
+    return out
