@@ -213,3 +213,23 @@ def test_segment_fixer_equals_fix_text(text):
     fixer = _SegmentFixer(size=3)
     assert fixer(text) == fix_text(text)
     assert fixer(text) == fix_text(text)  # again, from the cache
+
+
+def test_prompt_command_prints_the_exact_window_prompt(qwen_tokenizer, tmp_path):
+    from typer.testing import CliRunner
+
+    from _data import SCIFACT
+    from reasonrank.cli import app
+    from reasonrank.io import load_collection, write_run
+
+    if not (SCIFACT / "corpus.jsonl.gz").exists():
+        pytest.skip("shared data missing")
+    coll = load_collection(SCIFACT)
+    run = tmp_path / "run.trec"
+    write_run(run, {"1": {"31715818": 3.0, "4983": 2.0, "5836": 1.0}})
+    result = CliRunner().invoke(app, ["prompt", "-c", str(SCIFACT), "-r", str(run), "--top-k", "3"])
+    assert result.exit_code == 0, result.output
+    expected = PromptRenderer(qwen_tokenizer, max_passage_tokens=100).render(
+        coll.query_dict()["1"].text, [coll.doc(d).to_candidate() for d in ["31715818", "4983", "5836"]]
+    )
+    assert result.output == expected.text

@@ -207,6 +207,49 @@ def rerank(
 
 
 @app.command()
+def prompt(
+    collection: str = CollectionOpt,
+    run: Path = typer.Option(..., "--run", "-r", help="First-stage TREC run."),
+    qid: Optional[str] = typer.Option(None, help="Query id (default: the run's first query)."),
+    task: Optional[str] = typer.Option(None, "--task", "-t"),
+    split: str = typer.Option("test"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Whose tokenizer and chat template (default: embedded)."),
+    tokenizer: Optional[str] = typer.Option(None, help="Tokenizer path or hub id, overriding the model's."),
+    mode: str = typer.Option("reasonrank", help="reasonrank, rankgpt or qwen3."),
+    start: Optional[int] = typer.Option(None, help="Window start (default: the first window the reranker sends)."),
+    top_k: int = typer.Option(100, "--top-k", "-k"),
+    window: int = typer.Option(20),
+    step: int = typer.Option(10),
+    max_passage_tokens: Optional[int] = typer.Option(None),
+    messages: bool = typer.Option(False, "--messages", help="Print the chat messages as JSON instead of the rendered text."),
+):
+    """Print the exact prompt the model sees for one window (chat template applied, ftfy-fixed)."""
+    from reasonrank.backends.factory import tokenizer_source
+    from reasonrank.io import load_collection, read_run
+    from reasonrank.prompts import PromptRenderer, default_max_passage_tokens
+    from reasonrank.rerankers import requests_from_run
+    from reasonrank.tokenizer import load_tokenizer
+    from reasonrank.windows import window_schedule
+
+    coll = load_collection(collection, task=task, split=split)
+    first_stage = read_run(run)
+    qid = qid or next(iter(first_stage))
+    if qid not in first_stage:
+        raise ReasonRankError(f"{run}: no query {qid!r} in the run")
+    request = requests_from_run(coll, first_stage, [qid])[0]
+    k = min(top_k, len(request.candidates))
+    begin = window_schedule(k, window, step)[0][0] if start is None else start
+    source = tokenizer or tokenizer_source(None, model)
+    renderer = PromptRenderer(load_tokenizer(source) if source else None, mode=mode,
+                              max_passage_tokens=max_passage_tokens or default_max_passage_tokens(coll.name))
+    rendered = renderer.render(request.query.text, request.candidates[begin:min(begin + window, k)])
+    if messages or rendered.text is None:
+        print(json.dumps(rendered.messages, indent=2, ensure_ascii=False))
+    else:
+        sys.stdout.write(rendered.text)
+
+
+@app.command()
 def demo(
     data: Path = typer.Option(None, help="Folder holding scifact/ (default: ../shared/data or REASONRANK_DATA)."),
     queries: int = typer.Option(10, "--queries", "-n", help="SciFact test queries to rerank (the first N)."),
@@ -278,10 +321,12 @@ def model_list():
 
 from reasonrank.synthesis.commands import app as synth_app  # noqa: E402  (sub-apps import nothing heavy)
 
+from reasonrank.serving.commands import app as serve_app  # noqa: E402
 from reasonrank.training.commands import app as train_app  # noqa: E402
 
 app.add_typer(synth_app, name="synth", help="Training-data synthesis with a teacher model.")
 app.add_typer(train_app, name="train", help="Cold-start SFT and GRPO training (TRL, PEFT, accelerate).")
+app.add_typer(serve_app)  # its one command is already named `serve`
 
 
 def main() -> None:
