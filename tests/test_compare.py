@@ -1,0 +1,143 @@
+"""compare(): the table's columns, metrics from list order, the seconds-per-query ratio to the
+listwise reasoning reranker, token/call/parse-failure columns; the CLI on real SciFact with BM25."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import pytest
+
+from _data import SCIFACT, needs_data
+from reasonrank.backends.base import Generation
+from reasonrank.compare import FirstStage, app, compare, run_from_order
+from reasonrank.prompts import PromptRenderer
+from reasonrank.rerankers.listwise import ListwiseReranker
+from reasonrank.types import Candidate, Query, Request, Result
+
+
+class SleepyListwiseBackend:
+    """Test double: every window takes `delay` seconds; query q1 gets a garbled answer, others a reversal."""
+
+    name = "scripted"
+    model = "scripted"
+
+    def __init__(self, delay):
+        self.delay = delay
+
+    def generate(self, prompts, params):
+        out = []
+        for p in prompts:
+            time.sleep(self.delay)
+            user = p.messages[-1]["content"]
+            n = int(re.search(r"I will provide you with (\d+) passages", user).group(1))
+            if "query one" in user:
+                text = "<think>never closed"
+                finish = "length"
+            else:
+                text = "<think>x</think><answer>" + " > ".join(f"[{i}]" for i in range(n, 0, -1)) + "</answer>"
+                finish = "stop"
+            out.append(Generation(text, prompt_tokens=40, completion_tokens=6, finish_reason=finish))
+        return out
+
+
+class Stats:
+    def __init__(self):
+        self.n = 0
+
+    def usage(self):
+        return {"prompt_tokens": 10 * self.n, "completion_tokens": 3 * self.n, "calls": 2 * self.n, "failures": self.n // 2,
+                "units": self.n, "parses": True}
+
+
+class SlowReverse:
+    """Reverses each list, sleeping `delay` per query, with fixed per-query counters."""
+
+    def __init__(self, delay):
+        self.delay, self.stats = delay, Stats()
+
+    def rerank_batch(self, requests):
+        time.sleep(self.delay * len(requests))
+        self.stats.n += len(requests)
+        return [Result(r.query, list(reversed(r.candidates))) for r in requests]
+
+
+class EqualScores:
+    """Returns the list as given, every score equal (so only list order can tell them apart)."""
+
+    def rerank_batch(self, requests):
+        return [Result(r.query, [Candidate(c.docid, 0.5, c.text) for c in r.candidates]) for r in requests]
+
+
+def requests():
+    return [
+        Request(Query("q1", "query one"), [Candidate("z", 2, "t"), Candidate("a", 1, "t")]),
+        Request(Query("q2", "query two"), [Candidate("b", 2, "t"), Candidate("y", 1, "t")]),
+    ]
+
+
+QRELS = {"q1": {"a": 1}, "q2": {"y": 1}, "q3": {"x": 1}}  # q3 is judged but not compared
+
+
+def test_compare_table_columns_metrics_and_ratio():
+    listwise = ListwiseReranker(SleepyListwiseBackend(0.05), PromptRenderer(None, mode="reasonrank"), top_k=20, window=20, step=10)
+    table = compare({"bm25": FirstStage(), "listwise": listwise, "slow": SlowReverse(0.1), "ties": EqualScores()},
+                    requests(), QRELS)
+    assert table.reference == "listwise"  # found: the ListwiseReranker with a reasoning (tagged) prompt
+    assert table.columns == ["reranker", "nDCG@10", "Recall@10", "s/query", "x listwise", "prompt tok/query", "gen tok/query",
+                             "calls/query", "parse fail"]
+    bm25, lw, slow, ties = (table.row(n) for n in ("bm25", "listwise", "slow", "ties"))
+    # relevant doc second for both queries under BM25; listwise fixed q2 only (q1's answer was garbled)
+    assert bm25.metrics["nDCG@10"] == pytest.approx(1 / 1.5849625, abs=1e-6)
+    assert lw.metrics["nDCG@10"] == pytest.approx((1 / 1.5849625 + 1) / 2, abs=1e-6)
+    assert slow.metrics["nDCG@10"] == pytest.approx(1.0) and slow.metrics["Recall@10"] == 1.0
+    assert ties.metrics["nDCG@10"] == bm25.metrics["nDCG@10"]  # evaluated in list order, not by doc id
+    # ratio: each row's seconds per query over the listwise reranker's
+    assert lw.ratio == 1.0
+    for r in (bm25, slow, ties):
+        assert r.ratio == pytest.approx(r.seconds_per_query / lw.seconds_per_query)
+    assert lw.seconds_per_query >= 0.05 and slow.seconds_per_query >= 0.1
+    assert 1.0 < slow.ratio < 2.5
+    # counters per query; the listwise parse failure is the garbled window
+    assert (lw.prompt_tokens_per_query, lw.completion_tokens_per_query, lw.calls_per_query) == (40, 6, 1)
+    assert lw.parse_failure_rate == 0.5 and lw.failures == 1 and lw.units == 2
+    assert (slow.prompt_tokens_per_query, slow.completion_tokens_per_query, slow.calls_per_query, slow.parse_failure_rate) == (10, 3, 2, 0.5)
+    assert bm25.prompt_tokens_per_query is None and bm25.parse_failure_rate is None
+    md = table.to_markdown().splitlines()
+    assert md[0] == "| " + " | ".join(table.columns) + " |" and len(md) == 2 + 4
+    assert md[3].startswith("| listwise |") and "| 1.000 |" in md[3] and "50.0%" in md[3]
+    assert "x listwise" in table.to_text().splitlines()[0]
+    json.dumps(table.to_dict())
+
+
+def test_reference_choice_and_interleave():
+    slow, fast = SlowReverse(0.02), SlowReverse(0.0)
+    order, inner = [], fast.rerank_batch
+
+    def counted(reqs):
+        order.append(len(reqs))
+        return inner(reqs)
+
+    fast.rerank_batch = counted
+    table = compare({"slow": slow, "fast": fast}, requests(), QRELS, reference="slow", interleave=1)
+    assert order == [1, 1] and table.row("slow").ratio == 1.0 and table.row("fast").ratio < 0.5
+    assert compare({"a": FirstStage()}, requests(), QRELS).row("a").ratio is None  # no listwise reasoning row
+    with pytest.raises(KeyError):
+        compare({"a": FirstStage()}, requests(), QRELS, reference="b")
+
+
+def test_run_from_order():
+    res = [Result(Query("q", ""), [Candidate("b", 0.5), Candidate("a", 0.5), Candidate("c", 0.9)])]
+    assert run_from_order(res) == {"q": {"b": 3.0, "a": 2.0, "c": 1.0}}
+
+
+@needs_data
+def test_cli_bm25_on_scifact(tmp_path):
+    from typer.testing import CliRunner
+
+    out = tmp_path / "t.md"
+    result = CliRunner().invoke(app, [str(SCIFACT), "--rerankers", "bm25", "--queries", "3", "--depth", "10", "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "nDCG@10" in result.output and out.read_text().startswith("| reranker | nDCG@10 | Recall@10 |")
+    assert json.loads(out.with_suffix(".json").read_text())["queries"] == 3
