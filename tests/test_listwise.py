@@ -140,3 +140,13 @@ def test_journal_resume_skips_finished_windows(tmp_path):
 def test_bad_window_arguments_fail_before_running():
     with pytest.raises(ValueError):
         make(ScriptedBackend(reverse), window=10, step=20)
+
+
+def test_one_at_a_time_engines_get_the_step_in_chunks(tmp_path):
+    backend = ScriptedBackend(reverse)
+    backend.batch_size = 2  # as llama.cpp declares 1 and hf its batch size
+    with Journal(tmp_path / "t.jsonl") as journal:
+        results = make(backend, journal=journal).rerank_batch([request("a", 20), request("b", 20), request("c", 20)])
+    assert backend.batches == [2, 1]
+    assert [r.docids[0] for r in results] == ["a-d19", "b-d19", "c-d19"]
+    assert len((tmp_path / "t.jsonl").read_text().splitlines()) == 3

@@ -104,6 +104,7 @@ class LlamaCppBackend:
     calls are serialised with a lock; one instance holds one model in memory."""
 
     name = "llamacpp"
+    batch_size = 1  # llama-cpp-python runs one sequence at a time; rerankers step it prompt by prompt
 
     def __init__(
         self,

@@ -142,19 +142,23 @@ class ListwiseReranker:
                     bar.update(1)
             else:
                 pending.append((i, p, start, end, prompt, key))
-        if not pending:
-            return
-        t0 = time.perf_counter()
-        generations = self.backend.generate([job[4] for job in pending], self.params)
-        self.stats.model_seconds += time.perf_counter() - t0
-        for (i, p, start, end, prompt, key), gen in zip(pending, generations):
-            trace = self._trace(requests[i].query.qid, p, start, end, orders[i][start:end], prompt, key, gen)
-            self.journal.record(trace)
-            self._apply(i, orders, traces, trace, resumed=False)
-        if bar is not None:
-            bar.update(len(pending))
-            s = self.stats
-            bar.set_postfix(tok_s=f"{s.completion_tokens / max(s.model_seconds, 1e-9):.1f}", **{k: v for k, v in s.status.items()})
+        # Engines that run prompts one after another (llama.cpp) or in fixed batches (hf) get the
+        # step in chunks of their batch size: the journal and progress bar then advance per chunk.
+        chunk = getattr(self.backend, "batch_size", None) or len(pending) or 1
+        for begin in range(0, len(pending), chunk):
+            part = pending[begin:begin + chunk]
+            t0 = time.perf_counter()
+            generations = self.backend.generate([job[4] for job in part], self.params)
+            self.stats.model_seconds += time.perf_counter() - t0
+            for (i, p, start, end, prompt, key), gen in zip(part, generations):
+                trace = self._trace(requests[i].query.qid, p, start, end, orders[i][start:end], prompt, key, gen)
+                self.journal.record(trace)
+                self._apply(i, orders, traces, trace, resumed=False)
+            if bar is not None:
+                bar.update(len(part))
+                s = self.stats
+                bar.set_postfix(tok_s=f"{(s.prompt_tokens + s.completion_tokens) / max(s.model_seconds, 1e-9):.0f}",
+                                gen_tok_s=f"{s.completion_tokens / max(s.model_seconds, 1e-9):.1f}", **dict(s.status))
 
     def _trace(self, qid, p, start, end, window, prompt: Prompt, key: str, gen: Generation) -> WindowTrace:
         n = len(window)
