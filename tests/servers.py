@@ -44,40 +44,74 @@ def embedded_tokenizer():
     return load_tokenizer(str(embedded_gguf()))
 
 
+def wait_for_server(proc: subprocess.Popen, url: str, timeout: float, name: str, log: Path | None = None) -> None:
+    """Poll `url` until it answers 200; raise if `proc` exits first (with the tail of `log`, if given) or
+    `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            why = f": {log.read_text()[-2000:]}" if log is not None else " before it was ready"
+            raise RuntimeError(f"{name} exited with {proc.returncode}{why}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{name} not ready after {timeout:.0f} s")
+        time.sleep(0.3)
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 15) -> None:
+    """SIGTERM `proc` if it still runs and wait for it; SIGKILL it after `timeout` seconds."""
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 @contextmanager
-def llama_cpp_server(model: Path, n_ctx: int = 4096, n_threads: int = 2, startup_timeout: float = 180.0):
+def llama_cpp_server(model: Path, n_ctx: int = 4096, n_threads: int = 2, startup_timeout: float = 180.0,
+                     alias: str | None = None):
     """`python -m llama_cpp.server` on a free loopback port; yields its /v1 base URL; killed on exit."""
     port = free_port()
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1",
-           "--port", str(port), "--n_ctx", str(n_ctx), "--n_threads", str(n_threads),
+    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), *(["--model_alias", alias] if alias else []),
+           "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx), "--n_threads", str(n_threads),
            "--n_threads_batch", str(n_threads), "--verbose", "false"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}/v1"
     try:
-        deadline = time.monotonic() + startup_timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"llama_cpp.server exited with {proc.returncode} before it was ready")
-            try:
-                with urllib.request.urlopen(base + "/models", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"llama_cpp.server not ready after {startup_timeout:.0f} s")
-            time.sleep(0.3)
+        wait_for_server(proc, base + "/models", startup_timeout, "llama_cpp.server")
         yield base
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
-class FaultServer:
+class LoopbackHTTPServer:
+    """A threading HTTP server on a random 127.0.0.1 port, serving `handler` from a daemon thread while
+    used as a context manager; `base_url` is its /v1 root."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler]):
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._httpd.daemon_threads = True
+        self.port = self._httpd.server_address[1]
+        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+class FaultServer(LoopbackHTTPServer):
     """An OpenAI-like server whose behaviour is scripted per request.
 
     Each request's prompt (last message content, or `prompt`) names a script: `case=<name>`. The
@@ -153,19 +187,7 @@ class FaultServer:
                     time.sleep(0.2)
                 return self._send(200, _completion(case, chat, f"answer for {case}"))
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        self.port = self._httpd.server_address[1]
-        self.base_url = f"http://127.0.0.1:{self.port}/v1"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        super().__init__(Handler)
 
 
 def _completion(case: str, chat: bool, content: str, reasoning: str | None = None) -> bytes:

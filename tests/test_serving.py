@@ -29,6 +29,8 @@ pytest.importorskip("uvicorn")
 pytest.importorskip("prometheus_client")
 pytest.importorskip("llama_cpp")
 
+from servers import embedded_gguf, free_port, stop_process, wait_for_server  # noqa: E402
+
 pytestmark = pytest.mark.model
 
 KEY = "test-key-0123"
@@ -42,53 +44,24 @@ SERVER_ARGS = [
 DOCS = ["Berlin is the capital of Germany.", "Paris is the capital of France.", "The Seine flows through Paris."]
 
 
-def _gguf() -> Path | None:
-    from reasonrank.backends.models import QWEN_05B, embedded_path
-
-    path = embedded_path()
-    return path if path.is_file() and path.stat().st_size == QWEN_05B.size else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def run_server(tmp_path: Path, extra: list[str] = (), startup_timeout: float = 180.0):
     """Start the service in a subprocess; yield (base_url, process); SIGTERM it on exit."""
-    if _gguf() is None:
+    if embedded_gguf() is None:
         pytest.skip("embedded GGUF not assembled (run scripts/setup.sh)")
     keyfile = tmp_path / "api-keys"
     keyfile.write_text(KEY + "\n")
-    port = _free_port()
+    port = free_port()
     log = open(tmp_path / f"server-{port}.log", "w")
     env = {k: v for k, v in os.environ.items() if k != "REASONRANK_API_KEY"}
     proc = subprocess.Popen([sys.executable, "-m", "reasonrank.serving", "--host", "127.0.0.1", "--port", str(port),
                              "--api-key-file", str(keyfile), *SERVER_ARGS, *extra], stdout=log, stderr=subprocess.STDOUT, env=env)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + startup_timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode}: {(tmp_path / f'server-{port}.log').read_text()[-2000:]}")
-            try:
-                if httpx.get(base + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "server not ready in time"
-            time.sleep(0.3)
+        wait_for_server(proc, base + "/health", startup_timeout, "server", log=tmp_path / f"server-{port}.log")
         yield base, proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc, timeout=60)
         log.close()
 
 

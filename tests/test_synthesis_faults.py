@@ -15,18 +15,19 @@ import socket
 import threading
 import time
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
 from reasonrank.synthesis import SourceSpec, SynthesisConfig, Teacher, TeacherConfig, run_all, run_label
 from reasonrank.synthesis.store import StageFile
+from servers import LoopbackHTTPServer
 
 TOPICS = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf")
 SECRET = "sk-test-0123456789-do-not-log"
 
 
-class FaultTeacher:
+class FaultTeacher(LoopbackHTTPServer):
     """OpenAI-compatible chat endpoint whose behaviour is chosen by the topic word in the query:
 
     alpha    answers with `reasoning_content` (DeepSeek/vLLM style) and a tagged answer
@@ -60,21 +61,7 @@ class FaultTeacher:
                 outer.auth[self.headers.get("Authorization", "")] += 1
                 outer.handle(self, json.loads(body))
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
 
     @staticmethod
     def key(messages) -> str:

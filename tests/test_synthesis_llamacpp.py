@@ -13,11 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 
 import ir_measures
 import pytest
@@ -25,6 +21,7 @@ import pytest
 from _data import SCIFACT, needs_data
 from reasonrank.synthesis import SourceSpec, SynthesisConfig, Teacher, TeacherConfig, run_all, run_export
 from reasonrank.synthesis.store import StageFile
+from servers import llama_cpp_server
 from test_synthesis import check_exports
 
 pytestmark = [pytest.mark.model, needs_data]
@@ -40,12 +37,6 @@ def _gguf():
     return cache_dir() / "models" / GGUF_NAME
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def llama_server():
     """`python -m llama_cpp.server` with the embedded GGUF on a free loopback port; its /v1 URL."""
@@ -54,33 +45,9 @@ def llama_server():
     gguf = _gguf()
     if not gguf.exists():
         pytest.skip(f"embedded model not assembled: {gguf} is missing (run scripts/setup.sh)")
-    port = _free_port()
-    threads = str(max(1, (os.cpu_count() or 2) // 2))  # on 2 shared cores one thread is several times faster
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", "teacher",
-           "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096", "--n_threads", threads,
-           "--n_threads_batch", threads, "--verbose", "false"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"llama_cpp.server exited with {proc.returncode} before it was ready")
-            try:
-                with urllib.request.urlopen(base + "/models", timeout=2):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail("llama_cpp.server not ready after 120 s")
-                time.sleep(0.3)
+    threads = max(1, (os.cpu_count() or 2) // 2)  # on 2 shared cores one thread is several times faster
+    with llama_cpp_server(gguf, n_ctx=4096, n_threads=threads, startup_timeout=120, alias="teacher") as base:
         yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _teacher(url, run):

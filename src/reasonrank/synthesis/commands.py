@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import List, Optional
 
@@ -70,8 +71,10 @@ def _specs(source, corpus, task, split, limit, sources_file):
     return specs
 
 
+@contextmanager
 def _teacher(run: Path, model, base_url, api_key_env, api_key_file, concurrency, max_retries, timeout, temperature,
              top_p, seed, price_prompt, price_completion, extra_body, server_slots, no_cache):
+    """The run's teacher from the shared teacher options; closed when the block ends."""
     from reasonrank.synthesis.teacher import Teacher, TeacherConfig
 
     if not model:
@@ -83,7 +86,11 @@ def _teacher(run: Path, model, base_url, api_key_env, api_key_file, concurrency,
         extra_body=json.loads(extra_body) if extra_body else {}, price_prompt_per_m=price_prompt,
         price_completion_per_m=price_completion, server_slots=server_slots if server_slots > 0 else None,
     )
-    return Teacher.for_run(config, run, use_cache=not no_cache)
+    teacher = Teacher.for_run(config, run, use_cache=not no_cache)
+    try:
+        yield teacher
+    finally:
+        teacher.close()
 
 
 def _tokenizer(path: Optional[str]):
@@ -161,14 +168,11 @@ def mine(run: Path = RunOpt, depth: int = typer.Option(20, help="Candidates judg
     """Stage 3: the teacher judges which candidates are relevant (relevant_docids)."""
     from reasonrank.synthesis.pipeline import run_mine
 
-    teacher = _teacher(run, model, base_url, api_key_env, api_key_file, concurrency, max_retries, timeout, temperature,
-                       top_p, seed, price_prompt, price_completion, extra_body, server_slots, no_cache)
-    try:
+    with _teacher(run, model, base_url, api_key_env, api_key_file, concurrency, max_retries, timeout, temperature,
+                  top_p, seed, price_prompt, price_completion, extra_body, server_slots, no_cache) as teacher:
         _print_summary(run_mine(run, teacher, depth=depth, chunk=chunk, max_new_tokens=max_tokens,
                                 passage_tokens=passage_tokens, tokenizer=_tokenizer(tokenizer), template=template,
                                 batch_size=batch_size, force=force))
-    finally:
-        teacher.close()
 
 
 @app.command()
@@ -186,14 +190,11 @@ def label(run: Path = RunOpt, window: int = typer.Option(20, help="Passages per 
     """Stage 4: the teacher ranks each window with the exact ReasonRank prompt."""
     from reasonrank.synthesis.pipeline import run_label
 
-    teacher = _teacher(run, model, base_url, api_key_env, api_key_file, concurrency, max_retries, timeout, temperature,
-                       top_p, seed, price_prompt, price_completion, extra_body, server_slots, no_cache)
-    try:
+    with _teacher(run, model, base_url, api_key_env, api_key_file, concurrency, max_retries, timeout, temperature,
+                  top_p, seed, price_prompt, price_completion, extra_body, server_slots, no_cache) as teacher:
         _print_summary(run_label(run, teacher, window=window, max_new_tokens=max_tokens, passage_tokens=passage_tokens,
                                  tokenizer=_tokenizer(tokenizer), accept_repaired=accept_repaired,
                                  allow_missing=allow_missing, batch_size=batch_size, force=force))
-    finally:
-        teacher.close()
 
 
 @app.command("filter")
@@ -250,17 +251,14 @@ def run_cmd(run: Path = RunOpt, source: Optional[List[str]] = SourceOpt, corpus:
     specs = _specs(source, corpus, task, split, limit, sources_file)
     if not specs and not (run / "sources.json").exists():
         raise ReasonRankError("give at least one --source (or --sources-file), or a --run that already has sources")
-    teacher = _teacher(run, model, base_url, api_key_env, api_key_file, concurrency, max_retries, timeout, temperature,
-                       top_p, seed, price_prompt, price_completion, extra_body, server_slots, no_cache)
     config = SynthesisConfig(k=k, mine_depth=depth, mine_chunk=chunk, mine_max_tokens=mine_max_tokens, window=window,
                              label_max_tokens=max_tokens, passage_tokens=passage_tokens, accept_repaired=accept_repaired,
                              allow_missing=allow_missing,
                              alpha=alpha, require_reasoning=require_reasoning, batch_size=batch_size)
-    try:
+    with _teacher(run, model, base_url, api_key_env, api_key_file, concurrency, max_retries, timeout, temperature,
+                  top_p, seed, price_prompt, price_completion, extra_body, server_slots, no_cache) as teacher:
         _print_summary(run_all(run, specs, teacher, config, tokenizer=_tokenizer(tokenizer), bm25_cache=bm25_cache,
                                out_dir=out, force=force))
-    finally:
-        teacher.close()
 
 
 @app.command()

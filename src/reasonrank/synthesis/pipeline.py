@@ -178,6 +178,16 @@ def run_candidates(run_dir: str | Path, k: int = 100, bm25_cache: str | Path | N
 # -- stage 3: positive mining -------------------------------------------------------------------
 
 
+def _report_batch(stage: str, done: str, teacher: Teacher, progress: Callable[[str], None] | None) -> None:
+    """Log (and pass to `progress`) a teacher stage's progress line after each batch."""
+    msg = (f"{stage}: {done}; teacher calls {teacher.stats.calls} "
+           f"(cache hits {teacher.stats.cache_hits}, failures {teacher.stats.failures}, retries {teacher.stats.retries}), "
+           f"tokens {teacher.stats.prompt_tokens}+{teacher.stats.completion_tokens}, cost {teacher.stats.cost:.4f}")
+    log.info(msg)
+    if progress:
+        progress(msg)
+
+
 def run_mine(run_dir: str | Path, teacher: Teacher, *, depth: int = 20, chunk: int = 20, max_new_tokens: int = 2048,
              passage_tokens: int | None = None, tokenizer=None, template: str | Path | None = None,
              batch_size: int | None = None, force: bool = False,
@@ -219,12 +229,7 @@ def run_mine(run_dir: str | Path, teacher: Teacher, *, depth: int = 20, chunk: i
         records = [_mined_record(queries[rid], parts) for rid, parts in per_sample.items()]
         out.append(records)
         finished += len(records)
-        msg = (f"mine: {finished}/{len(todo)} queries; teacher calls {teacher.stats.calls} "
-               f"(cache hits {teacher.stats.cache_hits}, failures {teacher.stats.failures}, retries {teacher.stats.retries}), "
-               f"tokens {teacher.stats.prompt_tokens}+{teacher.stats.completion_tokens}, cost {teacher.stats.cost:.4f}")
-        log.info(msg)
-        if progress:
-            progress(msg)
+        _report_batch("mine", f"{finished}/{len(todo)} queries", teacher, progress)
     return _finish_stage(run_dir, "mine", time.perf_counter() - t0, _delta(teacher.stats, before))
 
 
@@ -328,12 +333,7 @@ def run_label(run_dir: str | Path, teacher: Teacher, *, window: int = 20, max_ne
                              for (base, initial, rel, messages), (gen, cached) in zip(jobs, gens, strict=True)]
         out.append(records)
         finished += len(records)
-        msg = (f"label: {finished}/{len(todo)} samples; teacher calls {teacher.stats.calls} "
-               f"(cache hits {teacher.stats.cache_hits}, failures {teacher.stats.failures}, retries {teacher.stats.retries}), "
-               f"tokens {teacher.stats.prompt_tokens}+{teacher.stats.completion_tokens}, cost {teacher.stats.cost:.4f}")
-        log.info(msg)
-        if progress:
-            progress(msg)
+        _report_batch("label", f"{finished}/{len(todo)} samples", teacher, progress)
     return _finish_stage(run_dir, "label", time.perf_counter() - t0, _delta(teacher.stats, before))
 
 

@@ -7,10 +7,12 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from reasonrank.errors import ReasonRankError, require
 from reasonrank.training.data import LoadReport
+from reasonrank.training.models import resolve_model
+from reasonrank.training.presets import apply_overrides, load_preset
 
 CHECKPOINTS = "checkpoints"
 ADAPTER = "adapter"
@@ -119,6 +121,55 @@ def save_final(trainer, tokenizer, output_dir: Path, base_model: str, lora: bool
         trainer.accelerator.wait_for_everyone()
         merged = True
     return adapter_dir, merged
+
+
+@dataclass
+class RunSetup:
+    """What `prepare_run` gathered before a trainer is built."""
+
+    stage: str
+    start: float
+    cfg: dict[str, Any]
+    overrides: dict[str, Any] | None
+    data: str | Path
+    out: Path
+    ckpt_dir: Path
+    model_path: str
+    tokenizer: Any
+    rows: list[dict[str, Any]]
+    report: LoadReport
+    resume: str | None
+
+
+def prepare_run(stage: str, model: str | Path, data: str | Path, output_dir: str | Path, preset: str | Path,
+                overrides: dict[str, Any] | None, resume_from_checkpoint: bool | str | Path | None, drop_overlong: bool,
+                tokenizer, load_rows: Callable, length_key: str) -> RunSetup:
+    """The preset (with overrides), the model, its tokenizer, the rows (`load_rows(data, tok, cfg[length_key],
+    drop_overlong)`) and the checkpoint to resume from."""
+    start = time.perf_counter()
+    cfg = apply_overrides(load_preset(preset, stage), overrides)
+    out = Path(output_dir)
+    ckpt_dir = out / CHECKPOINTS
+    if not Path(data).is_file():
+        raise FileNotFoundError(f"{data}: no such training data file")
+    model_path = resolve_model(model)
+    tok = load_tokenizer_for(model_path, tokenizer)
+    rows, report = load_rows(data, tok, cfg.get(length_key), drop_overlong)
+    resume = resume_argument(resume_from_checkpoint, ckpt_dir)
+    return RunSetup(stage, start, cfg, overrides, data, out, ckpt_dir, model_path, tok, rows, report, resume)
+
+
+def finish_run(trainer, run: RunSetup, lora: bool, merge: bool, details: Callable[[], dict[str, Any]]) -> TrainResult:
+    """Train, save the final model and, on the main process, write the provenance file (`details()` adds the
+    stage's own entries)."""
+    trainer.train(resume_from_checkpoint=run.resume)
+    adapter_dir, merged = save_final(trainer, run.tokenizer, run.out, run.model_path, lora=lora, merge=merge)
+    result = TrainResult(run.out, run.ckpt_dir, trainer.state.global_step, time.perf_counter() - run.start, run.report,
+                         list(trainer.state.log_history), adapter_dir, merged, run.resume)
+    if trainer.accelerator.is_main_process:
+        write_run_info(run.out, {"stage": run.stage, "preset": run.cfg["_name"], "overrides": run.overrides or {},
+                                 "base_model": run.model_path, "data": str(run.data), **details(), **result.to_dict()})
+    return result
 
 
 def versions() -> dict[str, str]:

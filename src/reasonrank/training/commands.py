@@ -16,6 +16,7 @@ import typer
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Train rerankers: SFT and GRPO (TRL), LoRA merge, tiny test models.")
 
+OutputOpt = typer.Option(..., "--output", "-o", help="Output directory (plain model dir + checkpoints/).")
 PresetOpt = typer.Option("cpu-tiny", "--preset", "-p", help="7b-full, 32b-lora, cpu-tiny, or a preset .json path.")
 SetOpt = typer.Option(None, "--set", "-s", help="Override: key=value (JSON value), a preset key or a TRL config field. Repeatable.")
 ResumeOpt = typer.Option(False, "--resume", help="Resume from the last checkpoint in OUTPUT/checkpoints.")
@@ -38,6 +39,12 @@ def _resume(resume: bool, resume_from: Optional[Path]):
     return str(resume_from) if resume_from else (True if resume else None)
 
 
+def _train(train, model, data, output, preset, set_, lora_r, resume, resume_from, drop_overlong, merge, **extra) -> None:
+    """Run `train` (train_sft / train_grpo) with the options sft and grpo share, and print its result."""
+    _report(train(model, data, output, preset=preset, overrides=_overrides(set_, lora_r),
+                  resume_from_checkpoint=_resume(resume, resume_from), drop_overlong=drop_overlong, merge=merge, **extra))
+
+
 def _report(result) -> None:
     info = result.to_dict()
     info["model_dir"] = str(result.model_dir) if result.model_dir else None
@@ -48,7 +55,7 @@ def _report(result) -> None:
 def sft(
     model: str = typer.Option(..., "--model", "-m", help="Base model: a model directory or a .gguf (converted once)."),
     data: Path = typer.Option(..., "--data", "-d", help="SFT JSONL export."),
-    output: Path = typer.Option(..., "--output", "-o", help="Output directory (plain model dir + checkpoints/)."),
+    output: Path = OutputOpt,
     preset: str = PresetOpt,
     set_: Optional[List[str]] = SetOpt,
     lora_r: Optional[int] = LoraOpt,
@@ -60,15 +67,14 @@ def sft(
     """Supervised fine-tuning on the assistant turn (full or LoRA)."""
     from reasonrank.training.sft import train_sft
 
-    _report(train_sft(model, data, output, preset=preset, overrides=_overrides(set_, lora_r),
-                      resume_from_checkpoint=_resume(resume, resume_from), drop_overlong=drop_overlong, merge=merge))
+    _train(train_sft, model, data, output, preset, set_, lora_r, resume, resume_from, drop_overlong, merge)
 
 
 @app.command()
 def grpo(
     model: str = typer.Option(..., "--model", "-m", help="Model to train (usually the SFT output)."),
     data: Path = typer.Option(..., "--data", "-d", help="RL export (.jsonl or .parquet)."),
-    output: Path = typer.Option(..., "--output", "-o", help="Output directory (plain model dir + checkpoints/)."),
+    output: Path = OutputOpt,
     preset: str = PresetOpt,
     set_: Optional[List[str]] = SetOpt,
     lora_r: Optional[int] = LoraOpt,
@@ -82,9 +88,8 @@ def grpo(
     """GRPO with the multi-view ranking reward (nDCG@10 + 0.2 Recall@10 + 0.1 RBO)."""
     from reasonrank.training.grpo import train_grpo
 
-    _report(train_grpo(model, data, output, preset=preset, overrides=_overrides(set_, lora_r),
-                       resume_from_checkpoint=_resume(resume, resume_from), drop_overlong=drop_overlong, merge=merge,
-                       format_reward=format_reward))
+    _train(train_grpo, model, data, output, preset, set_, lora_r, resume, resume_from, drop_overlong, merge,
+           format_reward=format_reward)
 
 
 @app.command()

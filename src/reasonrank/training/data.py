@@ -32,7 +32,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from reasonrank.errors import FormatError
 from reasonrank.io.common import read_jsonl
@@ -185,27 +185,16 @@ def load_sft(path: str | Path, tokenizer=None, cutoff_len: int | None = None, dr
     `cutoff_len` bounds prompt + answer tokens (the paper's 23,552). A longer row raises naming the
     row, or with `drop_overlong=True` is dropped, counted and printed.
     """
-    report = LoadReport(str(path))
-    rows: list[dict[str, Any]] = []
-    for row, obj in iter_rows(path):
-        report.rows += 1
-        clean = validate_sft_row(path, row, obj)
-        if tokenizer is not None:
-            try:
-                clean.update(tokenize_sft(tokenizer, clean["messages"]))
-            except ValueError as exc:
-                raise _fail(path, row, str(exc), clean["id"]) from None
-            n = len(clean["input_ids"])
-            report.max_tokens = max(report.max_tokens, n)
-            if cutoff_len is not None and n > cutoff_len:
-                if not drop_overlong:
-                    raise _fail(path, row, f"{n} tokens (prompt + answer) exceed the cutoff of {cutoff_len}; raise the "
-                                           "cutoff or pass drop_overlong / --drop-overlong to skip such rows", clean["id"])
-                report.dropped_overlong.append((row, clean["id"], n))
-                continue
-        rows.append(clean)
-    _finish(report, rows, verbose)
-    return rows, report
+    def tokens(row: int, clean: dict[str, Any]) -> int:
+        try:
+            clean.update(tokenize_sft(tokenizer, clean["messages"]))
+        except ValueError as exc:
+            raise _fail(path, row, str(exc), clean["id"]) from None
+        return len(clean["input_ids"])
+
+    return _load(path, validate_sft_row, tokens if tokenizer is not None else None, cutoff_len, drop_overlong,
+                 lambda n: f"{n} tokens (prompt + answer) exceed the cutoff of {cutoff_len}; raise the "
+                           "cutoff or pass drop_overlong / --drop-overlong to skip such rows", verbose)
 
 
 # -- RL ----------------------------------------------------------------------------------------
@@ -259,18 +248,28 @@ def load_rl(path: str | Path, tokenizer=None, max_prompt_length: int | None = No
             verbose: bool = True) -> tuple[list[dict[str, Any]], LoadReport]:
     """Validated RL rows. With a tokenizer and `max_prompt_length` (the paper's 20,480), a longer
     prompt raises naming the row, or with `drop_overlong=True` is dropped, counted and printed."""
+    measure = tokenizer is not None and max_prompt_length is not None
+    return _load(path, validate_rl_row, (lambda row, clean: prompt_length(tokenizer, clean["prompt"])) if measure else None,
+                 max_prompt_length, drop_overlong,
+                 lambda n: f"the prompt has {n} tokens, more than max_prompt_length {max_prompt_length}; "
+                           "raise it or pass drop_overlong / --drop-overlong to skip such rows", verbose)
+
+
+def _load(path, validate: Callable, tokens: Callable | None, limit: int | None, drop_overlong: bool,
+          too_long: Callable[[int], str], verbose: bool) -> tuple[list[dict[str, Any]], LoadReport]:
+    """Validated rows of `path`. With `tokens(row, clean)` each row is measured; one over `limit` raises
+    (`too_long(n)` says why) or, with `drop_overlong`, is dropped and counted."""
     report = LoadReport(str(path))
     rows: list[dict[str, Any]] = []
     for row, obj in iter_rows(path):
         report.rows += 1
-        clean = validate_rl_row(path, row, obj)
-        if tokenizer is not None and max_prompt_length is not None:
-            n = prompt_length(tokenizer, clean["prompt"])
+        clean = validate(path, row, obj)
+        if tokens is not None:
+            n = tokens(row, clean)
             report.max_tokens = max(report.max_tokens, n)
-            if n > max_prompt_length:
+            if limit is not None and n > limit:
                 if not drop_overlong:
-                    raise _fail(path, row, f"the prompt has {n} tokens, more than max_prompt_length {max_prompt_length}; "
-                                           "raise it or pass drop_overlong / --drop-overlong to skip such rows", clean["id"])
+                    raise _fail(path, row, too_long(n), clean["id"])
                 report.dropped_overlong.append((row, clean["id"], n))
                 continue
         rows.append(clean)

@@ -18,18 +18,14 @@ updates on mini-batches of 8 prompts. TRL counts completions per device and micr
 from __future__ import annotations
 
 import importlib.util
-import time
 from pathlib import Path
 from typing import Any, Callable
 
 from reasonrank.errors import ReasonRankError, require
 from reasonrank.reward import trl_format_reward, trl_ranking_reward
-from reasonrank.training._common import (
-    CHECKPOINTS, TrainResult, load_model, load_tokenizer_for, resume_argument, save_final, world_size, write_run_info,
-)
+from reasonrank.training._common import TrainResult, finish_run, load_model, prepare_run, world_size
 from reasonrank.training.data import load_rl
-from reasonrank.training.models import resolve_model
-from reasonrank.training.presets import apply_overrides, build_config, load_preset, lora_config
+from reasonrank.training.presets import build_config, lora_config
 
 
 def grpo_layout(cfg: dict[str, Any], processes: int) -> dict[str, Any]:
@@ -97,18 +93,11 @@ def train_grpo(
     `format_reward`) or GRPOConfig fields. Logged metrics include `rewards/trl_ranking_reward/mean`.
     """
     trl = require("trl", "train", "GRPO training")
-    start = time.perf_counter()
-    cfg = apply_overrides(load_preset(preset, "grpo"), overrides)
+    run = prepare_run("grpo", model, data, output_dir, preset, overrides, resume_from_checkpoint, drop_overlong,
+                      tokenizer, load_rl, "max_prompt_length")
+    cfg = run.cfg
     if format_reward is not None:
         cfg["format_reward"] = format_reward
-    out = Path(output_dir)
-    ckpt_dir = out / CHECKPOINTS
-    if not Path(data).is_file():
-        raise FileNotFoundError(f"{data}: no such training data file")
-    model_path = resolve_model(model)
-    tok = load_tokenizer_for(model_path, tokenizer)
-    rows, report = load_rl(data, tok, cfg.get("max_prompt_length"), drop_overlong)
-    resume = resume_argument(resume_from_checkpoint, ckpt_dir)
 
     targs = dict(cfg["training_args"])
     targs.update(grpo_layout(cfg, world_size()))
@@ -116,25 +105,18 @@ def train_grpo(
     if not targs["use_vllm"]:
         for key in [k for k in targs if k.startswith("vllm_")]:
             targs.pop(key)
-    targs.update(output_dir=str(ckpt_dir), remove_unused_columns=False)
+    targs.update(output_dir=str(run.ckpt_dir), remove_unused_columns=False)
     args = build_config(trl.GRPOConfig, targs)
     peft_config = lora_config(cfg.get("lora"))
-    net = load_model(model_path, bf16=bool(args.bf16), fp16=bool(args.fp16))
+    net = load_model(run.model_path, bf16=bool(args.bf16), fp16=bool(args.fp16))
     trainer = trl.GRPOTrainer(
         model=net, reward_funcs=reward_functions(bool(cfg.get("format_reward"))), args=args,
-        train_dataset=rl_dataset(rows), processing_class=tok, peft_config=peft_config, callbacks=callbacks,
+        train_dataset=rl_dataset(run.rows), processing_class=run.tokenizer, peft_config=peft_config, callbacks=callbacks,
     )
-    trainer.train(resume_from_checkpoint=resume)
-    adapter_dir, merged = save_final(trainer, tok, out, model_path, lora=peft_config is not None, merge=merge)
-    result = TrainResult(out, ckpt_dir, trainer.state.global_step, time.perf_counter() - start, report,
-                         list(trainer.state.log_history), adapter_dir, merged, resume)
-    if trainer.accelerator.is_main_process:
-        write_run_info(out, {"stage": "grpo", "preset": cfg["_name"], "overrides": overrides or {}, "base_model": model_path,
-                             "data": str(data), "use_vllm": args.use_vllm,
-                             "batch": {"num_generations": args.num_generations,
-                                       "per_device_train_batch_size": args.per_device_train_batch_size,
-                                       "gradient_accumulation_steps": args.gradient_accumulation_steps,
-                                       "steps_per_generation": args.steps_per_generation,
-                                       "generation_batch_size": args.generation_batch_size, "max_steps": args.max_steps},
-                             **result.to_dict()})
-    return result
+    return finish_run(trainer, run, lora=peft_config is not None, merge=merge, details=lambda: {
+        "use_vllm": args.use_vllm,
+        "batch": {"num_generations": args.num_generations,
+                  "per_device_train_batch_size": args.per_device_train_batch_size,
+                  "gradient_accumulation_steps": args.gradient_accumulation_steps,
+                  "steps_per_generation": args.steps_per_generation,
+                  "generation_batch_size": args.generation_batch_size, "max_steps": args.max_steps}})

@@ -14,17 +14,13 @@ launch the same entry point under `accelerate launch --config_file <accelerate/*
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
 from reasonrank.errors import require
-from reasonrank.training._common import (
-    CHECKPOINTS, TrainResult, load_model, load_tokenizer_for, resume_argument, save_final, write_run_info,
-)
+from reasonrank.training._common import TrainResult, finish_run, load_model, prepare_run
 from reasonrank.training.data import IGNORE_INDEX, load_sft
-from reasonrank.training.models import resolve_model
-from reasonrank.training.presets import apply_overrides, build_config, load_preset, lora_config
+from reasonrank.training.presets import build_config, lora_config
 
 
 class PadCollator:
@@ -105,33 +101,18 @@ def train_sft(
     `merge=False`).
     """
     trl = require("trl", "train", "SFT training")
-    start = time.perf_counter()
-    cfg = apply_overrides(load_preset(preset, "sft"), overrides)
-    out = Path(output_dir)
-    ckpt_dir = out / CHECKPOINTS
-    if not Path(data).is_file():
-        raise FileNotFoundError(f"{data}: no such training data file")
-    model_path = resolve_model(model)
-    tok = load_tokenizer_for(model_path, tokenizer)
-    rows, report = load_sft(data, tok, cfg.get("cutoff_len"), drop_overlong)
-    resume = resume_argument(resume_from_checkpoint, ckpt_dir)
-
+    run = prepare_run("sft", model, data, output_dir, preset, overrides, resume_from_checkpoint, drop_overlong,
+                      tokenizer, load_sft, "cutoff_len")
+    cfg, tok = run.cfg, run.tokenizer
     targs = dict(cfg["training_args"])
-    targs.update(output_dir=str(ckpt_dir), max_length=cfg.get("cutoff_len"),
+    targs.update(output_dir=str(run.ckpt_dir), max_length=cfg.get("cutoff_len"),
                  dataset_kwargs={"skip_prepare_dataset": True}, remove_unused_columns=False)
     args = build_config(trl.SFTConfig, targs)
     peft_config = lora_config(cfg.get("lora"))
-    net = load_model(model_path, bf16=bool(args.bf16), fp16=bool(args.fp16))
+    net = load_model(run.model_path, bf16=bool(args.bf16), fp16=bool(args.fp16))
     trainer = _trainer_class(trl, use_fused_loss(cfg.get("fused_loss", "auto")))(
-        model=net, args=args, train_dataset=sft_dataset(rows), processing_class=tok,
+        model=net, args=args, train_dataset=sft_dataset(run.rows), processing_class=tok,
         data_collator=PadCollator(tok.pad_token_id), peft_config=peft_config, callbacks=callbacks,
     )
-    trainer.train(resume_from_checkpoint=resume)
-    adapter_dir, merged = save_final(trainer, tok, out, model_path, lora=peft_config is not None, merge=merge)
-    result = TrainResult(out, ckpt_dir, trainer.state.global_step, time.perf_counter() - start, report,
-                         list(trainer.state.log_history), adapter_dir, merged, resume)
-    if trainer.accelerator.is_main_process:
-        write_run_info(out, {"stage": "sft", "preset": cfg["_name"], "overrides": overrides or {}, "base_model": model_path,
-                             "data": str(data), "loss_masking": "prompt tokens (chat template + generation prompt) = -100",
-                             **result.to_dict()})
-    return result
+    return finish_run(trainer, run, lora=peft_config is not None, merge=merge,
+                      details=lambda: {"loss_masking": "prompt tokens (chat template + generation prompt) = -100"})
