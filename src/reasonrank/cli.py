@@ -276,9 +276,10 @@ def demo(
     requests = requests_from_run(coll, first_stage, [q.qid for q in chosen], depth=top_k)
     if fresh and traces.exists():
         traces.unlink()
-    console.print(f"reranking BM25 top-{top_k} of {len(requests)} SciFact test queries with {embedded_path().name} (llama.cpp, CPU)")
     reranker = Reranker(None, "llamacpp", max_passage_tokens=100, top_k=top_k, max_new_tokens=max_new_tokens,
                         journal=traces, progress=True, **({"n_threads": threads} if threads else {}))
+    console.print(f"reranking BM25 top-{top_k} of {len(requests)} SciFact test queries with {embedded_path().name} "
+                  f"(llama.cpp, CPU, {reranker.backend.n_threads} threads)")
     results = reranker.rerank_batch(requests)
     reranker.close()
     reranked = results_to_run(results)
