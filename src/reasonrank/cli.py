@@ -322,12 +322,14 @@ def model_list():
 
 from reasonrank.synthesis.commands import app as synth_app  # noqa: E402  (sub-apps import nothing heavy)
 
+from reasonrank.compare import app as compare_app  # noqa: E402
 from reasonrank.serving.commands import app as serve_app  # noqa: E402
 from reasonrank.training.commands import app as train_app  # noqa: E402
 
 app.add_typer(synth_app, name="synth", help="Training-data synthesis with a teacher model.")
 app.add_typer(train_app, name="train", help="Cold-start SFT and GRPO training (TRL, PEFT, accelerate).")
 app.add_typer(serve_app)  # its one command is already named `serve`
+app.add_typer(compare_app)  # likewise `compare`
 
 
 def main() -> None:
