@@ -307,6 +307,7 @@ def create_app(source: ServeConfig | RerankerFactory | None = None, config: Serv
             "backend": batcher.name if batcher else None,
             "in_flight": service.in_flight,
             "queued_windows": batcher.queued if batcher else 0,
+            "running_windows": batcher.busy if batcher else 0,
             "max_batch": service.config.max_batch,
         }
         return JSONResponse(body, status_code=503 if service.draining else 200)

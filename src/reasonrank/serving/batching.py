@@ -188,8 +188,6 @@ class BatchingBackend:
                 raise RuntimeError(f"backend returned {len(gens)} generations for {len(items)} prompts")
         except Exception as exc:  # noqa: BLE001 - a failing call must not kill the worker or hang callers
             gens = [Generation(text="", error=f"backend failed: {type(exc).__name__}: {exc}") for _ in items]
-        finally:
-            self._busy = 0
         seconds = time.perf_counter() - started
         self.batches += 1
         self.prompts += len(items)
@@ -198,6 +196,7 @@ class BatchingBackend:
                 self.on_batch(len(items), seconds)
             except Exception:  # metrics must never break serving
                 log.debug("on_batch hook failed", exc_info=True)
+        self._busy = 0  # only now: a batch reads as finished once its metrics are recorded
         for item, gen in zip(items, gens):
             if not item.future.done():
                 item.future.set_result(gen)
