@@ -41,6 +41,18 @@ def main() -> None:
         load_seconds = time.perf_counter() - start
         results = reranker.rerank_batch(requests)
         reranker.close()
+    # Prefill and decode speeds apart: the same prompt first with a 1-token budget (all prefill), then
+    # with the full budget; llama-cpp-python reuses the cached prefix, so the second call is ~all decode.
+    from reasonrank.backends.base import SamplingParams
+
+    engine = reranker.backend.__class__(reranker.backend.model_path, n_threads=reranker.backend.n_threads)
+    prompt = reranker.renderer.render(requests[0].query.text, requests[0].candidates[: args.top_k])
+    t0 = time.perf_counter()
+    pre = engine.generate([prompt], SamplingParams(max_new_tokens=1))[0]
+    t1 = time.perf_counter()
+    dec = engine.generate([prompt], SamplingParams(max_new_tokens=args.max_new_tokens))[0]
+    t2 = time.perf_counter()
+    engine.close()
     s = reranker.stats
     traces = [t for r in results for t in r.traces]
     prompt_s = sum(t.prompt_tokens for t in traces)
@@ -53,6 +65,8 @@ def main() -> None:
         ("generated tokens per window", gen / max(s.windows, 1)),
         ("tokens/s (prompt+generated)", (prompt_s + gen) / max(s.model_seconds, 1e-9)),
         ("generated tokens/s (incl. prefill)", gen / max(s.model_seconds, 1e-9)),
+        ("prompt tokens/s (prefill alone)", pre.prompt_tokens / max(t1 - t0, 1e-9)),
+        ("generated tokens/s (decode alone)", max(dec.completion_tokens - 1, 0) / max(t2 - t1, 1e-9)),
         ("wall seconds", s.wall_seconds),
         ("framework overhead share (%)", 100 * (s.wall_seconds - s.model_seconds) / max(s.wall_seconds, 1e-9)),
     ]
