@@ -28,7 +28,7 @@ def Reranker(
 ) -> ListwiseReranker:
     """A listwise reasoning reranker. With no model, the embedded Qwen2.5-Coder-0.5B GGUF on llama.cpp.
 
-    `model` is a friendly name (`reasonrank list`), a local path (GGUF file or HF directory) or a hub
+    `model` is a friendly name (`reasonrank model list`), a local path (GGUF file or HF directory) or a hub
     id; `backend` is llamacpp, hf, vllm or openai (guessed from the model when omitted).
     """
     from reasonrank.backends.factory import get_backend, tokenizer_source
