@@ -8,9 +8,18 @@ import pytest
 DATA = Path(os.environ.get("REASONRANK_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
 SCIFACT = DATA / "scifact"
 BRIGHT = DATA / "bright"
+R2MED = DATA / "r2med"
 
 needs_data = pytest.mark.skipif(not (SCIFACT / "corpus.jsonl.gz").exists(), reason=f"shared data not found at {DATA}")
+needs_r2med = pytest.mark.skipif(
+    not all((R2MED / f).exists() for f in ("Biology-demo/qrels.jsonl", "IIYi-Clinical/qrels.jsonl", "runs")),
+    reason=f"R2MED data not found at {R2MED}",
+)
 
 
 def bright_run(task: str) -> Path:
     return BRIGHT / "runs" / f"{task}.reasonir_gpt4cot_top100.trec.gz"
+
+
+def r2med_run(task: str) -> Path:
+    return R2MED / "runs" / f"{task}.e5-mistral-7b-instruct_top100.trec.gz"

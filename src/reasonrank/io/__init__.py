@@ -1,11 +1,14 @@
 """Readers and writers for TREC, BEIR, BRIGHT and R2MED files, and the Collection they produce."""
 
-from reasonrank.io.collection import Collection, load_collection
+from reasonrank.io.collection import Collection, UnknownCollection
 from reasonrank.io.common import open_text, read_jsonl
-from reasonrank.io.trec import read_qrels, read_run, write_qrels, write_run
+from reasonrank.io.load import load_collection
+from reasonrank.io.qrels import read_qrels, write_qrels
+from reasonrank.io.trec import read_run, write_run
 
 __all__ = [
     "Collection",
+    "UnknownCollection",
     "load_collection",
     "open_text",
     "read_jsonl",

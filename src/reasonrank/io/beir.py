@@ -7,7 +7,7 @@ from pathlib import Path
 from reasonrank.errors import FormatError
 from reasonrank.io.collection import Collection
 from reasonrank.io.common import field, read_jsonl
-from reasonrank.io.trec import read_qrels
+from reasonrank.io.qrels import read_qrels
 from reasonrank.types import Document, Query
 
 
@@ -19,7 +19,9 @@ def find(directory: Path, stem: str) -> Path | None:
 
 
 def is_beir_dir(path: Path) -> bool:
-    return find(path, "corpus.jsonl") is not None and find(path, "queries.jsonl") is not None
+    # qrels/ is what sets BEIR apart: an R2MED task may also ship corpus.jsonl and queries.jsonl
+    has_files = find(path, "corpus.jsonl") is not None and find(path, "queries.jsonl") is not None
+    return has_files and (path / "qrels").is_dir()
 
 
 def iter_docs(path: Path):

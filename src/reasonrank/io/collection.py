@@ -1,13 +1,16 @@
-"""A Collection: lazy queries, documents and qrels with lookup by doc id (after ir_datasets)."""
+"""A Collection: lazy queries, documents and qrels with lookup by doc id (after ir_datasets).
+
+The readers build Collections, so this module imports none of them: opening a directory by its
+layout is io/load.py's job.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from reasonrank.errors import ReasonRankError
-from reasonrank.io.trec import Qrels
+from reasonrank.io.qrels import Qrels
 from reasonrank.types import Document, Query
 
 
@@ -84,29 +87,3 @@ class Collection:
             info["queries_with_excluded_ids"] = sum(1 for v in excluded.values() if v)
         return info
 
-
-def load_collection(spec: str | Path, task: str | None = None, split: str = "test") -> Collection:
-    """Open a collection from a directory (BEIR, BRIGHT or R2MED layout), or a BRIGHT hub task.
-
-    `spec` is a directory; for BRIGHT it is the root holding `examples/` and `task` names the task.
-    `bright` with a task and no such directory loads the task from the Hugging Face hub (online only).
-    """
-    from reasonrank.io import beir, bright, r2med
-
-    path = Path(spec)
-    if path.is_dir():
-        if bright.is_bright_root(path):
-            if not task:
-                raise UnknownCollection(f"{path}: a BRIGHT directory needs a task, one of: {', '.join(bright.local_tasks(path))}")
-            return bright.load(path, task)
-        if beir.is_beir_dir(path):
-            return beir.load(path, split)
-        if r2med.is_r2med_dir(path):
-            return r2med.load(path)
-        raise UnknownCollection(
-            f"{path}: not a collection directory (expected BEIR corpus.jsonl + queries.jsonl + qrels/, "
-            "BRIGHT examples/, or R2MED test_queries.jsonl + qrels.json)"
-        )
-    if str(spec).lower() in ("bright", "xlangai/bright") and task:
-        return bright.load_from_hub(task)
-    raise UnknownCollection(f"{spec}: no such collection directory")

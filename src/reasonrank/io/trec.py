@@ -1,4 +1,4 @@
-"""TREC run and qrels files (plain or .gz), streamed line by line."""
+"""TREC run files (plain or .gz), streamed line by line; qrels live in io/qrels.py."""
 
 from __future__ import annotations
 
@@ -8,33 +8,50 @@ from typing import Iterator, Mapping
 
 from reasonrank.errors import FormatError
 from reasonrank.io.common import lines, open_text
+from reasonrank.io.qrels import Qrels, check_id, iter_qrels, read_qrels, write_qrels
 
 Run = dict[str, dict[str, float]]  # qid -> docid -> score, each query in file order
-Qrels = dict[str, dict[str, int]]  # qid -> docid -> relevance
+
+__all__ = ["Qrels", "Run", "iter_qrels", "iter_run", "ranked", "read_qrels", "read_run", "write_qrels", "write_run"]
+
+
+def split_run_line(path, lineno: int, line: str) -> tuple[str, str, str, str]:
+    """(qid, docid, rank, score) of `qid Q0 docid rank score tag`.
+
+    Real doc ids can hold spaces (BRIGHT stackoverflow: `.../Memory Management_1_0.txt`), so the id
+    is whatever lies between the two leading and three trailing fields, inner spacing kept.
+    """
+    n = len(line.split())
+    if n < 6:
+        raise FormatError(path, lineno, f"a run line needs 6 fields (qid Q0 docid rank score tag), found {n}")
+    qid, _, rest = line.split(maxsplit=2)
+    docid, rank, score, _ = rest.rsplit(maxsplit=3)
+    return qid, docid, rank, score
+
+
+def parse_score(path, lineno: int, rank: str, score: str) -> float:
+    try:
+        int(rank)
+    except ValueError:
+        raise FormatError(path, lineno, f"rank {rank!r} is not an integer") from None
+    try:
+        value = float(score)
+    except ValueError:
+        raise FormatError(path, lineno, f"score {score!r} is not a number") from None
+    if math.isnan(value):
+        raise FormatError(path, lineno, "score is NaN")
+    return value
 
 
 def iter_run(path: str | Path) -> Iterator[tuple[str, str, float]]:
     """Yield (qid, docid, score) from a `qid Q0 docid rank score tag` file."""
     seen = False
     for lineno, line in lines(path):
-        parts = line.split()
-        if not parts:
+        if not line.strip():
             continue
-        if len(parts) != 6:
-            raise FormatError(path, lineno, f"a run line needs 6 fields (qid Q0 docid rank score tag), found {len(parts)}")
-        qid, _, docid, rank, score, _ = parts
-        try:
-            int(rank)
-        except ValueError:
-            raise FormatError(path, lineno, f"rank {rank!r} is not an integer") from None
-        try:
-            value = float(score)
-        except ValueError:
-            raise FormatError(path, lineno, f"score {score!r} is not a number") from None
-        if math.isnan(value):
-            raise FormatError(path, lineno, "score is NaN")
+        qid, docid, rank, score = split_run_line(path, lineno, line)
         seen = True
-        yield qid, docid, value
+        yield qid, docid, parse_score(path, lineno, rank, score)
     if not seen:
         raise FormatError(path, None, "empty file: no run lines")
 
@@ -51,51 +68,18 @@ def ranked(run_for_query: Mapping[str, float]) -> list[tuple[str, float]]:
     return sorted(run_for_query.items(), key=lambda kv: -kv[1])
 
 
+def check_run(path, run: Mapping[str, Mapping[str, float]], tag: str) -> None:
+    """Refuse, before a byte is written, what read_run could not give back."""
+    check_id(path, "run tag", tag, inner_spaces=False)
+    for qid, docs in run.items():
+        check_id(path, "query id", str(qid), inner_spaces=False)
+        for docid in docs:
+            check_id(path, "doc id", str(docid))
+
+
 def write_run(path: str | Path, run: Mapping[str, Mapping[str, float]], tag: str = "reasonrank") -> None:
+    check_run(path, run, tag)
     with open_text(path, "wt") as fh:
         for qid, docs in run.items():
             for rank, (docid, score) in enumerate(ranked(docs), 1):
                 fh.write(f"{qid} Q0 {docid} {rank} {score:.6f} {tag}\n")
-
-
-def iter_qrels(path: str | Path) -> Iterator[tuple[str, str, int]]:
-    """Yield (qid, docid, relevance) from TREC qrels (`qid iter docid rel`) or BEIR TSV (`qid docid rel`, header)."""
-    seen = False
-    for lineno, line in lines(path):
-        parts = line.split()
-        if not parts:
-            continue
-        if lineno == 1 and parts[0] in ("query-id", "query_id", "qid"):
-            continue  # BEIR header
-        if len(parts) == 4:
-            qid, _, docid, rel = parts
-        elif len(parts) == 3:
-            qid, docid, rel = parts
-        else:
-            raise FormatError(
-                path,
-                lineno,
-                f"a qrels line needs 4 fields (qid iter docid relevance) or 3 (qid docid relevance), found {len(parts)}",
-            )
-        try:
-            value = int(float(rel))
-        except ValueError:
-            raise FormatError(path, lineno, f"relevance {rel!r} is not a number") from None
-        seen = True
-        yield qid, docid, value
-    if not seen:
-        raise FormatError(path, None, "empty file: no qrels lines")
-
-
-def read_qrels(path: str | Path) -> Qrels:
-    qrels: Qrels = {}
-    for qid, docid, rel in iter_qrels(path):
-        qrels.setdefault(qid, {})[docid] = rel
-    return qrels
-
-
-def write_qrels(path: str | Path, qrels: Mapping[str, Mapping[str, int]]) -> None:
-    with open_text(path, "wt") as fh:
-        for qid, docs in qrels.items():
-            for docid, rel in docs.items():
-                fh.write(f"{qid} 0 {docid} {rel}\n")

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from reasonrank.errors import ReasonRankError
-from reasonrank.io.collection import Collection, load_collection
+from reasonrank.io import Collection, load_collection
 from reasonrank.io.common import field, read_jsonl
 from reasonrank.types import Query
 
