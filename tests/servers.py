@@ -16,6 +16,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 
+# Every llama.cpp engine in the tests runs one thread: llama.cpp's arithmetic depends on the thread
+# count, and the library default (free cores from the load average) would make outputs depend on how
+# busy the machine is; one thread also never waits on a core held by a neighbour.
+TEST_THREADS = 1
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -34,7 +40,7 @@ def shared_llama_backend():
     """One in-process LlamaCppBackend on the embedded model for the whole test session."""
     from reasonrank.backends.llamacpp import LlamaCppBackend
 
-    return LlamaCppBackend(embedded_gguf(), n_ctx=4096, n_threads=2)
+    return LlamaCppBackend(embedded_gguf(), n_ctx=4096, n_threads=TEST_THREADS)
 
 
 @lru_cache(maxsize=1)
@@ -75,7 +81,7 @@ def stop_process(proc: subprocess.Popen, timeout: float = 15) -> None:
 
 
 @contextmanager
-def llama_cpp_server(model: Path, n_ctx: int = 4096, n_threads: int = 2, startup_timeout: float = 180.0,
+def llama_cpp_server(model: Path, n_ctx: int = 4096, n_threads: int = TEST_THREADS, startup_timeout: float = 180.0,
                      alias: str | None = None):
     """`python -m llama_cpp.server` on a free loopback port; yields its /v1 base URL; killed on exit."""
     port = free_port()

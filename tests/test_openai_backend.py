@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 
 import pytest
 
@@ -49,9 +48,7 @@ def test_fault_batch_retries_only_failed_requests_and_counts_exactly():
     with FaultServer(SCRIPTS, hang_s=2.0) as server:
         backend = _fast(server.base_url, concurrency=4, api_key="sk-test-secret-123")
         cases = list(SCRIPTS)
-        start = time.monotonic()
         gens = backend.generate([_prompt(c) for c in cases], SamplingParams(max_new_tokens=3172))
-        elapsed = time.monotonic() - start
         hits = dict(server.hits)
         auth = {headers.get("Authorization") for _, _, headers in server.requests}
 
@@ -82,17 +79,16 @@ def test_fault_batch_retries_only_failed_requests_and_counts_exactly():
     # the key reached the server but is nowhere in what the backend shows
     assert auth == {"Bearer sk-test-secret-123"}
     assert "sk-test" not in repr(backend) and all("sk-test" not in g.error for g in gens)
-    assert elapsed < 15
 
 
 def test_hang_is_cut_by_the_timeout_and_retried():
     with FaultServer({"hang": ["hang", "hang", "ok"]}, hang_s=3.0) as server:
         backend = _fast(server.base_url, timeout=0.4)
-        start = time.monotonic()
         (gen,) = backend.generate([_prompt("hang")], SamplingParams(max_new_tokens=16))
-        elapsed = time.monotonic() - start
-    assert not gen.error and gen.retries == 2
-    assert elapsed < 2.5  # two 0.4 s timeouts, not two 3 s hangs
+        hits = server.hits["hang"]
+    # a hang answers "late" after 3 s: the third attempt's answer proves both hangs were cut by the timeout
+    assert not gen.error and gen.retries == 2 and hits == 3
+    assert "late" not in gen.text
 
 
 def test_completions_mode_sends_the_exact_prompt_text():
@@ -206,7 +202,7 @@ def llama_server():
     if gguf is None:
         pytest.skip("embedded GGUF not assembled (scripts/setup.sh)")
     pytest.importorskip("llama_cpp.server.app", reason="llama-cpp-python[server] not installed")
-    with llama_cpp_server(gguf, n_ctx=4096, n_threads=2) as base_url:
+    with llama_cpp_server(gguf, n_ctx=4096) as base_url:
         yield base_url
 
 

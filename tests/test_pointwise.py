@@ -223,6 +223,8 @@ def test_embedded_model_scores_are_probabilities_ordered_by_logprobs():
     cand = next(c for c in req.candidates if c.docid == j.docid)
     text = prompter.render(req.query.text, cand).text + j.reasoning + ("\n" if j.cut else "") + "</think>"
     (fresh,) = llama.next_token_logprobs([Prompt([], text)], candidates=[" true", " false"])
-    assert fresh.candidates[" true"] == pytest.approx(j.logprob_true, abs=0.15)
-    assert fresh.candidates[" false"] == pytest.approx(j.logprob_false, abs=0.15)
+    # How far the two evaluation orders drift depends on the CPU's kernels: an unlikely token's -16.38
+    # came back as -16.55 on another machine. So: 0.15 absolute near 0, 2% relative far from it.
+    assert fresh.candidates[" true"] == pytest.approx(j.logprob_true, rel=0.02, abs=0.15)
+    assert fresh.candidates[" false"] == pytest.approx(j.logprob_false, rel=0.02, abs=0.15)
     assert probability_true(fresh.candidates[" true"], fresh.candidates[" false"]) == pytest.approx(j.score, abs=0.02)

@@ -12,7 +12,6 @@ and render with the model's chat template, and a rerun sends nothing. Budgets ar
 from __future__ import annotations
 
 import json
-import os
 import time
 
 import ir_measures
@@ -45,8 +44,7 @@ def llama_server():
     gguf = _gguf()
     if not gguf.exists():
         pytest.skip(f"embedded model not assembled: {gguf} is missing (run scripts/setup.sh)")
-    threads = max(1, (os.cpu_count() or 2) // 2)  # on 2 shared cores one thread is several times faster
-    with llama_cpp_server(gguf, n_ctx=4096, n_threads=threads, startup_timeout=120, alias="teacher") as base:
+    with llama_cpp_server(gguf, n_ctx=4096, startup_timeout=120, alias="teacher") as base:
         yield base
 
 
