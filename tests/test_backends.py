@@ -170,7 +170,9 @@ def test_vllm_missing_extra_message(monkeypatch):
 
 # -- factory ----------------------------------------------------------------------------------------
 
-def test_factory_names_and_model_resolution(tmp_path):
+def test_factory_names_and_model_resolution(tmp_path, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # registry hub ids resolve only while the hub may be asked
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     assert factory.backend_name("transformers") == "hf" and factory.backend_name("llama.cpp") == "llamacpp"
     assert factory.backend_name(None, "reasonrank-7b") == "hf"
     assert factory.backend_name(None, "/x/model.gguf") == "llamacpp"

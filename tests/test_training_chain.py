@@ -144,7 +144,7 @@ def test_lora_sft_and_merge_through_the_cli(work):
 
     # `merge` again by hand from the saved adapter gives the same weights
     again = work["root"] / "merged-again"
-    result = CliRunner().invoke(app, ["merge", str(out / "adapter"), str(again)])
+    result = CliRunner().invoke(app, ["merge", str(out / "adapter"), "-o", str(again)])
     assert result.exit_code == 0, result.output
     remerged, _ = _load(again)
     assert all(v.equal(remerged.state_dict()[k]) for k, v in merged.state_dict().items())
@@ -182,7 +182,7 @@ def test_tiny_model_command(tmp_path):
 
     from reasonrank.training.commands import app
 
-    result = CliRunner().invoke(app, ["tiny-model", str(tmp_path / "m"), "--layers", "1", "--hidden", "32"])
+    result = CliRunner().invoke(app, ["tiny-model", "-o", str(tmp_path / "m"), "--layers", "1", "--hidden", "32"])
     assert result.exit_code == 0, result.output
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     assert (config["num_hidden_layers"], config["hidden_size"], config["vocab_size"]) == (1, 32, 151936)

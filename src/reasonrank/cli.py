@@ -10,10 +10,13 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from reasonrank.errors import ReasonRankError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Reasoning-intensive listwise passage reranking.")
+# pretty_exceptions off: a bug prints Python's plain traceback, not a 40-line box with typer's frames
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Reasoning-intensive listwise passage reranking.")
 console = Console(stderr=True)
 
 CollectionOpt = typer.Option(..., "--collection", "-c", help="Collection directory (BEIR, BRIGHT root, R2MED task), or 'bright' for the hub.")
@@ -110,17 +113,12 @@ def info(collection: str = CollectionOpt, task: Optional[str] = typer.Option(Non
 
 
 @app.command()
-def collections(root: Path = typer.Argument(Path("../shared/data"), help="A folder holding collections.")):
+def collections(root: Optional[Path] = typer.Argument(None, help="A folder holding collections (default: REASONRANK_DATA or ../shared/data).")):
     """List the collections found under a folder."""
-    from reasonrank.io import beir, bright, r2med
+    from reasonrank.paths import data_dir, find_collections
 
-    for path in sorted(p for p in [root, *root.rglob("*")] if p.is_dir()):
-        if bright.is_bright_root(path):
-            print(f"{path}\tBRIGHT\ttasks: {', '.join(bright.local_tasks(path))}")
-        elif beir.is_beir_dir(path):
-            print(f"{path}\tBEIR")
-        elif r2med.is_r2med_dir(path):
-            print(f"{path}\tR2MED")
+    for path, kind, detail in find_collections(data_dir(root)):
+        print("\t".join([str(path), kind] + ([detail] if detail else [])))
 
 
 def _rerank_options(base_url, api_key_file, threads, n_ctx):
@@ -257,19 +255,17 @@ def demo(
     max_new_tokens: int = typer.Option(1024, help="Generation budget per window (the paper's 3172 is for 7B+ reasoning models)."),
     traces: Path = typer.Option(Path("runs/demo/traces.jsonl"), help="Window journal: a rerun resumes from it."),
     fresh: bool = typer.Option(False, help="Ignore an existing journal and recompute every window."),
-    threads: Optional[int] = typer.Option(None, help="CPU threads for llama.cpp (default: all cores)."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads for llama.cpp (default: the idle CPUs; reasonrank doctor says how many)."),
 ):
     """The main job: BM25 top-k of real SciFact test queries reranked by the embedded model, evaluated."""
-    import os
-
     from reasonrank.backends.models import embedded_path
     from reasonrank.evaluation import evaluate as run_eval, format_table
     from reasonrank.io import load_collection, write_run
     from reasonrank.rerankers import Reranker, requests_from_run, results_to_run
+    from reasonrank.paths import data_dir
     from reasonrank.retrieval import BM25Index
 
-    root = data or Path(os.environ.get("REASONRANK_DATA") or Path.cwd().parent / "shared" / "data")
-    coll = load_collection(root / "scifact", split="test")
+    coll = load_collection(data_dir(data) / "scifact", split="test")
     index = BM25Index.for_collection(coll)
     chosen = list(coll.queries())[:queries]
     first_stage = index.search(chosen, k=100, show_progress=False)
@@ -291,6 +287,22 @@ def demo(
     print(format_table(rows, names, average=False))
     _print_summary(reranker.stats.to_dict())
     console.print(f"run: {out}; traces: {traces}; model provenance: {embedded_path().with_suffix('.provenance.json')}")
+
+
+@app.command()
+def doctor(
+    data: Optional[Path] = typer.Option(None, help="Folder holding the collections (default: REASONRANK_DATA or ../shared/data)."),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="Check the embedded model's SHA-256 (else its size only)."),
+    rehash: bool = typer.Option(False, help="Hash the model even when an earlier check of the unchanged file is on record."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+):
+    """What is installed, what is missing, and whether the main job (reasonrank demo) can run: exits 1 when it cannot."""
+    from reasonrank.doctor import diagnose, format_report
+
+    report = diagnose(data, verify=verify, rehash=rehash, log=lambda m: console.print(m, highlight=False))
+    print(json.dumps(report.to_dict(), indent=2) if as_json else format_report(report))
+    if not report.demo_ready:
+        raise typer.Exit(1)
 
 
 model_app = typer.Typer(help="Models: the registry and the embedded default.", no_args_is_help=True)
@@ -332,27 +344,70 @@ app.add_typer(serve_app)  # its one command is already named `serve`
 app.add_typer(compare_app)  # likewise `compare`
 
 
-def main() -> None:
+# Errors a user can act on: one line, exit 2. Anything else is a bug and keeps its traceback.
+USER_ERRORS = (ReasonRankError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, FileExistsError)
+
+
+def _click_exceptions() -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """(usage/click errors, aborts) of every click in play: newer typer (0.29 here) raises those of
+    its vendored copy, typer._click, which `except click.ClickException` misses; older typer raises
+    click's own."""
+    import importlib
+
+    errors, aborts = [], []
+    for name in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        errors.append(module.ClickException)
+        if hasattr(module, "Abort"):  # typer 0.29 keeps its Abort in typer.exceptions
+            aborts.append(module.Abort)
+    return tuple(errors), (typer.Abort, *aborts)
+
+
+def _error(message: str) -> None:
+    # soft_wrap: one line however narrow the terminal; escape: "reasonrank[llamacpp]" is not markup
+    console.print("[red]error:[/]", escape(message), soft_wrap=True, highlight=False)
+
+
+def _exit_code(exc: Exception) -> int | None:
+    """Tell the user what went wrong and return the exit code; None for an unexpected error (a bug)."""
+    from reasonrank.errors import missing_extra
+
+    errors, aborts = _click_exceptions()
+    if isinstance(exc, errors):
+        exc.show()  # click's own format: usage, "Try '… --help' for help.", "Error: …"
+        return exc.exit_code
+    if isinstance(exc, aborts):
+        console.print("Aborted!")
+        return 1
+    if isinstance(exc, ModuleNotFoundError):  # a bare `import uvicorn` in a command: name the extra
+        exc = missing_extra(exc) or exc
+    if isinstance(exc, USER_ERRORS):
+        _error(str(exc))
+        return 2
+    return None
+
+
+def run(typer_app: typer.Typer, args: Optional[List[str]] = None) -> None:
+    """Run a typer app as every reasonrank entry point does (see USER_ERRORS) and exit with its code."""
     try:
-        app(standalone_mode=False)
-    except ReasonRankError as exc:
-        console.print(f"[red]error:[/] {exc}", highlight=False)
-        sys.exit(2)
-    except FileNotFoundError as exc:
-        console.print(f"[red]error:[/] {exc}", highlight=False)
-        sys.exit(2)
+        code = typer_app(args=args, standalone_mode=False)
     except KeyboardInterrupt:
         console.print("interrupted")
         sys.exit(130)
-    except (typer.Exit, SystemExit) as exc:
-        sys.exit(getattr(exc, "exit_code", getattr(exc, "code", 0)))
-    except Exception as exc:  # click usage errors
-        import click
+    except Exception as exc:
+        code = _exit_code(exc)
+        if code is None:
+            sys.excepthook = sys.__excepthook__  # a bug: Python's traceback, not typer's box (any app)
+            raise
+    # non-standalone click returns a typer.Exit's code instead of exiting with it
+    sys.exit(code if isinstance(code, int) else 0)
 
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
+
+def main() -> None:
+    run(app)
 
 
 if __name__ == "__main__":

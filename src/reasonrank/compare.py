@@ -336,7 +336,8 @@ def compare_command(
     interleave: int = typer.Option(1, help="Queries per turn: every reranker runs a chunk before the next chunk."),
     threads: int | None = typer.Option(None, help="CPU threads for llama.cpp and torch."),
     n_ctx: int | None = typer.Option(8192, help="llama.cpp context window."),
-    output: Path | None = typer.Option(None, help="Also write the Markdown table here (and the full record as .json beside it)."),
+    output: Path | None = typer.Option(None, "--output", "-o",
+                                       help="Also write the Markdown table here (and the full record as .json beside it)."),
 ):
     """Run the chosen rerankers on the same BM25 candidates and print one table."""
     from reasonrank.io import load_collection

@@ -2,8 +2,10 @@
 
 Model names go through the registry (`models.resolve`): the embedded default (None, "default",
 "embedded", "qwen2.5-coder-0.5b") becomes the assembled GGUF (fetched and verified on first use),
-friendly names such as "reasonrank-7b" become their hub ids; anything else is taken as a local path
-or a hub id. Engines are imported only when asked for.
+friendly names such as "reasonrank-7b" become their hub ids; anything else must be a local path or
+a hub id (`models.locate`): with the hub switched off (HF_HUB_OFFLINE), one in the local hub cache.
+A model found nowhere fails with one message naming what was tried, before any engine loads.
+Engines are imported only when asked for.
 
 Backend choice when `backend` is None: "llamacpp" for the embedded default or a .gguf file,
 "openai" when base_url(s) are given, else "hf".
@@ -72,7 +74,7 @@ def resolve_model(backend: str, model: str | None) -> str:
             raise ReasonRankError(
                 f"{spec.name} is a hub model ({spec.hub_id}); llama.cpp needs a GGUF file: pass its path as the "
                 f"model, or use --backend hf / vllm")
-        return spec.hub_id
+        return models.check_hub(str(model), spec.hub_id)
     if model is None:  # pragma: no cover - resolve(None) always finds the default
         raise ReasonRankError("no model given")
     if backend == "llamacpp":
@@ -80,7 +82,7 @@ def resolve_model(backend: str, model: str | None) -> str:
         if path.suffix != ".gguf" or not path.is_file():
             raise ReasonRankError(f"{model}: the llama.cpp backend needs an existing .gguf file")
         return str(path)
-    return str(model)
+    return models.locate(str(model))
 
 
 def tokenizer_source(backend: str | None, model: str | None, tokenizer: str | None = None) -> str | None:
@@ -110,14 +112,35 @@ def get_backend(backend: str | None = None, model: str | None = None, **options)
     if name == "hf":
         from reasonrank.backends.hf import HFBackend
 
-        return HFBackend(target, **options)
+        return _load(HFBackend, str(model or target), target, options)
     if name == "vllm":
         from reasonrank.backends.vllm import VLLMBackend
 
-        return VLLMBackend(target, **options)
+        return _load(VLLMBackend, str(model or target), target, options)
     from reasonrank.backends.openai_compat import OpenAIBackend
 
     if "base_url" in options:
         url = options.pop("base_url")
         options.setdefault("base_urls", url)
     return OpenAIBackend(target, **options)
+
+
+def _hub_errors() -> tuple[type[BaseException], ...]:
+    """What a load from an unreachable hub raises: transformers wraps most of it in OSError (requests'
+    errors are OSErrors too); huggingface_hub's own HTTP errors are not OSErrors in every version."""
+    try:
+        from huggingface_hub.errors import HfHubHTTPError
+    except ImportError:
+        return (OSError,)
+    return (OSError, HfHubHTTPError)
+
+
+def _load(engine, model: str, target: str, options: dict) -> Backend:
+    """`engine(target)`, a failure to fetch an uncached hub model worded as resolve_model's errors are."""
+    try:
+        return engine(target, **options)
+    except _hub_errors() as exc:
+        error = models.hub_load_failed(model, target, exc)
+        if error is None:
+            raise
+        raise error from exc

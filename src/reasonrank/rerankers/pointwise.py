@@ -51,7 +51,6 @@ or a backend error).
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import time
@@ -62,6 +61,7 @@ from importlib import resources
 from pathlib import Path
 
 from reasonrank.backends.base import Backend, Generation, SamplingParams
+from reasonrank.errors import ConfigError, parse_json
 from reasonrank.types import Candidate, Prompt, Query, Request, Result
 
 TRUE_SCORE, FALSE_SCORE, UNPARSED_SCORE = 1.0, 0.0, 0.5
@@ -96,16 +96,16 @@ def load_pointwise_template(name: str | Path = "rank1-chat") -> PointwiseTemplat
         raw, where = path.read_text(encoding="utf-8"), str(path)
     else:
         if name not in POINTWISE_TEMPLATES:
-            raise ValueError(f"unknown pointwise template {name!r}; bundled: {', '.join(POINTWISE_TEMPLATES)} (or a .json path)")
+            raise ConfigError(f"unknown pointwise template {name!r}; bundled: {', '.join(POINTWISE_TEMPLATES)} (or a .json path)")
         fname = f"pointwise_{str(name).replace('-', '_')}.json"
         raw = resources.files("reasonrank.prompts").joinpath("templates").joinpath(fname).read_text(encoding="utf-8")
         where = fname
-    data = json.loads(raw)
+    data = parse_json(raw, where)
     missing = [k for k in _TEMPLATE_KEYS if not isinstance(data.get(k), str)]
     if missing:
-        raise ValueError(f"{where}: pointwise template lacks string field(s) {missing}")
+        raise ConfigError(f"{where}: pointwise template lacks string field(s) {missing}")
     if "{passage}" not in data["user"]:
-        raise ValueError(f"{where}: the user text must contain {{passage}}")
+        raise ConfigError(f"{where}: the user text must contain {{passage}}")
     return PointwiseTemplate(
         mode=str(data.get("mode", Path(where).stem)), user=data["user"], think_open=data["think_open"],
         think_close=data["think_close"], true=data["true"], false=data["false"], system=data.get("system", "") or "",

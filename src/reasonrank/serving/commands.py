@@ -92,7 +92,9 @@ def serve(
 
 
 def main() -> None:
-    app()
+    from reasonrank.cli import run  # errors are reported as by `reasonrank serve`
+
+    run(app)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from typing import List, Optional
 
 import typer
 
-from reasonrank.errors import ReasonRankError
+from reasonrank.errors import ReasonRankError, parse_json
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Reasoning-intensive training-data synthesis with a teacher model (OpenAI-compatible endpoint).")
@@ -63,7 +63,7 @@ def _specs(source, corpus, task, split, limit, sources_file):
 
     specs = []
     if sources_file:
-        data = json.loads(Path(sources_file).read_text(encoding="utf-8"))
+        data = parse_json(Path(sources_file).read_text(encoding="utf-8"), sources_file)
         specs.extend(SourceSpec.from_dict(d) for d in (data if isinstance(data, list) else [data]))
     corpora, tasks = _pairs(corpus, "--corpus"), _pairs(task, "--task")
     for name, path in _pairs(source, "--source").items():
@@ -83,7 +83,7 @@ def _teacher(run: Path, model, base_url, api_key_env, api_key_file, concurrency,
         model=model, base_urls=list(base_url or ["http://127.0.0.1:8000/v1"]), api_key_env=api_key_env,
         api_key_file=str(api_key_file) if api_key_file else None, concurrency=concurrency, max_retries=max_retries,
         timeout=timeout, temperature=temperature, top_p=top_p, seed=seed,
-        extra_body=json.loads(extra_body) if extra_body else {}, price_prompt_per_m=price_prompt,
+        extra_body=parse_json(extra_body, "--extra-body") if extra_body else {}, price_prompt_per_m=price_prompt,
         price_completion_per_m=price_completion, server_slots=server_slots if server_slots > 0 else None,
     )
     teacher = Teacher.for_run(config, run, use_cache=not no_cache)
@@ -127,6 +127,8 @@ PassageOpt = typer.Option(None, "--passage-tokens", help="Passage budget (defaul
 TokOpt = typer.Option(None, "--tokenizer", help="Student tokenizer (GGUF, dir or hub id) for token-exact passage truncation.")
 BatchOpt = typer.Option(None, "--batch-size", help="Samples per teacher batch (default 2 x concurrency).")
 
+# --output like every other command; --out is the name it had first
+ExportOpt = typer.Option(None, "--output", "-o", "--out", help="Export directory (default: <run>/export).")
 SourceOpt = typer.Option(None, "--source", "-s", help="NAME=PATH: a BEIR/BRIGHT/R2MED directory or a JSONL of query rows.")
 CorpusOpt = typer.Option(None, "--corpus", help="NAME=PATH: the corpus JSONL of a query-rows source.")
 TaskSrcOpt = typer.Option(None, "--task", help="NAME=TASK: the BRIGHT task of a BRIGHT root.")
@@ -207,7 +209,7 @@ def filter_(run: Path = RunOpt, alpha: float = typer.Option(0.4, help="Keep samp
 
 
 @app.command()
-def export(run: Path = RunOpt, out: Optional[Path] = typer.Option(None, "--out", "-o", help="Default: <run>/export."),
+def export(run: Path = RunOpt, out: Optional[Path] = ExportOpt,
            alpha: Optional[float] = typer.Option(None, help="Re-filter with this alpha first."),
            require_reasoning: Optional[bool] = typer.Option(None, "--require-reasoning/--allow-empty-reasoning"),
            split: str = typer.Option("train", help="Split name in the verl parquet (file name and extra_info).")):
@@ -238,7 +240,7 @@ def run_cmd(run: Path = RunOpt, source: Optional[List[str]] = SourceOpt, corpus:
             accept_repaired: bool = typer.Option(True, "--accept-repaired/--strict"),
             allow_missing: bool = typer.Option(False, "--allow-missing/--require-complete"),
             alpha: float = typer.Option(0.4), require_reasoning: bool = typer.Option(True, "--require-reasoning/--allow-empty-reasoning"),
-            out: Optional[Path] = typer.Option(None, "--out", "-o"), bm25_cache: Optional[Path] = typer.Option(None),
+            out: Optional[Path] = ExportOpt, bm25_cache: Optional[Path] = typer.Option(None),
             passage_tokens: Optional[int] = PassageOpt, tokenizer: Optional[str] = TokOpt, batch_size: Optional[int] = BatchOpt,
             force: bool = ForceOpt, model: Optional[str] = ModelOpt, base_url: Optional[List[str]] = BaseUrlOpt,
             api_key_env: str = KeyEnvOpt, api_key_file: Optional[Path] = KeyFileOpt, concurrency: int = ConcOpt,

@@ -13,7 +13,6 @@ an empty reply, prose without ids) is a parse failure, never "no positives".
 
 from __future__ import annotations
 
-import json
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Sequence
 
+from reasonrank.errors import ConfigError, parse_json
 from reasonrank.types import Candidate
 
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.IGNORECASE | re.DOTALL)
@@ -48,10 +48,10 @@ def load_mining_template(path: str | Path | None = None) -> MiningTemplate:
         raw = resources.files("reasonrank.synthesis").joinpath("templates").joinpath("mining.json").read_text(encoding="utf-8")
     else:
         raw = Path(path).read_text(encoding="utf-8")
-    data = json.loads(raw)
+    data = parse_json(raw, path or "mining.json")
     missing = [k for k in ("system", "user", "answer_block", "passage") if not isinstance(data.get(k), str)]
     if missing:
-        raise ValueError(f"{path or 'mining.json'}: mining template lacks string field(s) {missing}")
+        raise ConfigError(f"{path or 'mining.json'}: mining template lacks string field(s) {missing}")
     return MiningTemplate(data["system"], data["user"], data["answer_block"], data.get("answer_hint", ""),
                           data["passage"], data.get("name", "mining"))
 

@@ -95,7 +95,7 @@ def grpo(
 @app.command()
 def merge(
     adapter: Path = typer.Argument(..., help="LoRA adapter directory (adapter_config.json)."),
-    output: Path = typer.Argument(..., help="Where to write the merged plain model directory."),
+    output: Path = typer.Option(..., "--output", "-o", help="Where to write the merged plain model directory."),
     base: Optional[str] = typer.Option(None, "--base", help="Base model (default: the adapter's base_model_name_or_path)."),
 ):
     """Merge a LoRA adapter into its base model (PEFT merge_and_unload)."""
@@ -106,7 +106,7 @@ def merge(
 
 @app.command("tiny-model")
 def tiny_model(
-    output: Path = typer.Argument(..., help="Directory to write the model to."),
+    output: Path = typer.Option(..., "--output", "-o", help="Directory to write the model to."),
     tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="Tokenizer source (default: the embedded Qwen2.5 GGUF)."),
     seed: int = typer.Option(0, help="Initialisation seed."),
     layers: int = typer.Option(2, help="Hidden layers."),
@@ -121,7 +121,7 @@ def tiny_model(
 
 @app.command("from-gguf")
 def from_gguf(
-    output: Path = typer.Argument(..., help="Directory for the plain-weights model."),
+    output: Path = typer.Option(..., "--output", "-o", help="Directory for the plain-weights model."),
     gguf: Optional[Path] = typer.Option(None, "--gguf", help="GGUF file (default: the embedded Qwen2.5-Coder-0.5B)."),
     dtype: str = typer.Option("float32", help="float32 (exact dequantised values) or bfloat16."),
 ):

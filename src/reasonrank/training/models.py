@@ -8,7 +8,6 @@ the reranker's hf backend — loads with no network.
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import time
 from pathlib import Path
@@ -140,9 +139,21 @@ def gguf_to_hf(gguf: str | Path | None, output_dir: str | Path, dtype: str = "fl
 
 
 def resolve_model(model: str | Path, log=print) -> str:
-    """A model directory for training. A .gguf file is converted once to plain fp32 weights kept
-    beside it (`<file>.hf/`) and reused after."""
+    """A model directory for training: a path, a registry name or a hub id (checked as the reranker's
+    hf backend checks it, `backends.models.locate`). A .gguf file, the embedded model's included, is
+    converted once to plain fp32 weights kept beside it (`<file>.hf/`) and reused after."""
+    from reasonrank.backends import models
+
     path = Path(model)
+    if not path.exists():
+        try:
+            spec = models.resolve(str(model))
+        except KeyError:
+            spec = None
+        if spec is not None and spec.embedded is not None:
+            path = models.ensure_embedded(spec.embedded, log=log)
+        elif spec is not None and spec.hub_id:
+            return models.check_hub(str(model), spec.hub_id)
     if path.suffix == ".gguf":
         target = path.with_name(path.name + ".hf")
         if not (target / "config.json").exists():
@@ -152,9 +163,7 @@ def resolve_model(model: str | Path, log=print) -> str:
         if not (path / "config.json").exists():
             raise ReasonRankError(f"{path}: not a model directory (no config.json)")
         return str(model)
-    if not re.fullmatch(r"[\w.-]+/[\w.-]+", str(model)):
-        raise ReasonRankError(f"{model}: no such model directory (a hub id is written org/name)")
-    return str(model)  # a hub id: transformers resolves it (needs the network or a local HF cache)
+    return models.locate(str(model))  # a hub id: transformers resolves it (the network or the local hub cache)
 
 
 def merge_lora(adapter_dir: str | Path, output_dir: str | Path, base_model: str | Path | None = None,

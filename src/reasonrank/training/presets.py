@@ -15,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from reasonrank.errors import ReasonRankError
+from reasonrank.errors import ReasonRankError, parse_json
 
 STAGES = ("sft", "grpo")
 STAGE_KEYS = {
@@ -58,10 +58,7 @@ def load_preset(name: str | Path, stage: str) -> dict[str, Any]:
             raise ReasonRankError(f"unknown {stage} preset {text!r}; presets: {', '.join(list_presets(stage))} "
                                   "(or a path to a .json preset)")
         raw, where = entry.read_text(encoding="utf-8"), base + ".json"
-    try:
-        preset = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise ReasonRankError(f"{where}: invalid JSON ({exc})") from None
+    preset = parse_json(raw, where)
     if preset.get("stage") != stage:
         raise ReasonRankError(f"{where}: a {preset.get('stage')!r} preset, not a {stage!r} one")
     unknown = set(preset) - STAGE_KEYS[stage] - INFO_KEYS
