@@ -141,3 +141,7 @@ def test_cli_bm25_on_scifact(tmp_path):
     assert result.exit_code == 0, result.output
     assert "nDCG@10" in result.output and out.read_text().startswith("| reranker | nDCG@10 | Recall@10 |")
     assert json.loads(out.with_suffix(".json").read_text())["queries"] == 3
+    # the plot of nDCG@10 against seconds per query, one mark per reranker, linked from the table
+    assert out.read_text().rstrip().endswith("![nDCG@10 against seconds per query](t.svg)")
+    svg = out.with_suffix(".svg").read_text()
+    assert svg.lstrip().startswith("<svg") and "bm25" in svg

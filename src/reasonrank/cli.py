@@ -167,6 +167,7 @@ def rerank(
     threads: Optional[int] = typer.Option(None, help="CPU threads for llama.cpp."),
     n_ctx: Optional[int] = typer.Option(None, help="llama.cpp context size."),
     batch_size: int = typer.Option(0, help="Queries stepped together (0: all); windows at one step form one backend batch."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Also write the run's HTML report here (see reasonrank report)."),
 ):
     """Rerank a first-stage run with a listwise reasoning model; evaluates when qrels exist."""
     from reasonrank.io import load_collection, read_run, write_run
@@ -192,6 +193,12 @@ def rerank(
     reranked = results_to_run(results)
     write_run(output, reranked, tag="reasonrank")
     console.print(f"wrote {output}")
+    if report is not None:
+        from reasonrank.report import run_settings, write_report
+
+        page = write_report([t for r in results for t in r.traces], report, collection=coll, first_stage=first_stage,
+                            reranked=reranked, settings=run_settings(reranker))
+        console.print(f"report: {page}")
     stats = reranker.stats.to_dict()
     _print_summary(stats)
     if coll.qrels():
@@ -287,6 +294,12 @@ def demo(
     print(format_table(rows, names, average=False))
     _print_summary(reranker.stats.to_dict())
     console.print(f"run: {out}; traces: {traces}; model provenance: {embedded_path().with_suffix('.provenance.json')}")
+    from reasonrank.report import run_settings, write_report
+
+    page = write_report([t for r in results for t in r.traces], traces.with_name("report.html"), collection=coll,
+                        first_stage={q: dict(list(first_stage[q].items())[:top_k]) for q in reranked}, reranked=reranked,
+                        settings=run_settings(reranker))
+    console.print(f"report: {page} (open it in a browser: it needs no network)")
 
 
 @app.command()
@@ -335,6 +348,7 @@ def model_list():
 from reasonrank.synthesis.commands import app as synth_app  # noqa: E402  (sub-apps import nothing heavy)
 
 from reasonrank.compare import app as compare_app  # noqa: E402
+from reasonrank.report.commands import app as report_app  # noqa: E402
 from reasonrank.serving.commands import app as serve_app  # noqa: E402
 from reasonrank.training.commands import app as train_app  # noqa: E402
 
@@ -342,6 +356,7 @@ app.add_typer(synth_app, name="synth", help="Training-data synthesis with a teac
 app.add_typer(train_app, name="train", help="Cold-start SFT and GRPO training (TRL, PEFT, accelerate).")
 app.add_typer(serve_app)  # its one command is already named `serve`
 app.add_typer(compare_app)  # likewise `compare`
+app.add_typer(report_app)  # likewise `report`
 
 
 # Errors a user can act on: one line, exit 2. Anything else is a bug and keeps its traceback.

