@@ -202,16 +202,28 @@ def test_presets_from_the_paper():
     grpo = load_preset("7b-full", "grpo")
     g = grpo["training_args"]
     assert (g["num_generations"], g["beta"], g["learning_rate"], g["max_completion_length"], g["use_vllm"]) == (8, 0.001, 1e-6, 3072, "auto")
-    assert (grpo["prompts_per_rollout"], grpo["prompts_per_update"], grpo["rollout_steps"]) == (16, 8, 200)
+    # one epoch over the RL set, as upstream's total_epochs=1
+    assert (grpo["prompts_per_rollout"], grpo["prompts_per_update"], grpo["rollout_steps"]) == (16, 8, "epoch")
+    from reasonrank.training.grpo import VERL_LOSS
+
+    for name in ("7b-full", "32b-lora"):
+        preset = load_preset(name, "grpo")["training_args"]
+        assert {k: preset[k] for k in VERL_LOSS} == VERL_LOSS, name  # verl 0.4.0's loss (tests/test_grpo_verl.py)
+        assert preset["vllm_enable_sleep_mode"] is True
 
 
 def test_grpo_layout_maps_paper_batches_to_trl():
     grpo = load_preset("7b-full", "grpo")
-    # 8 GPUs, 1 completion per device: 8 prompts x 8 rollouts = 64 completions per update
-    assert grpo_layout(grpo, 8) == {"gradient_accumulation_steps": 8, "steps_per_generation": 16, "max_steps": 400}
-    assert grpo_layout(grpo, 1) == {"gradient_accumulation_steps": 64, "steps_per_generation": 128, "max_steps": 400}
+    # 8 GPUs, 1 completion per device: 8 prompts x 8 rollouts = 64 completions per update; one epoch
+    # over 3,210 prompts is 200 rollout steps of 16 (the last 10 dropped, as verl does) = 400 updates
+    assert grpo_layout(grpo, 8, n_prompts=3210) == {"gradient_accumulation_steps": 8, "steps_per_generation": 16, "max_steps": 400}
+    assert grpo_layout(grpo, 1, n_prompts=3210) == {"gradient_accumulation_steps": 64, "steps_per_generation": 128, "max_steps": 400}
     with pytest.raises(ReasonRankError, match="cannot be split"):
-        grpo_layout(grpo, 3)
+        grpo_layout(grpo, 3, n_prompts=3210)
+    with pytest.raises(ReasonRankError, match="needs the RL set's size"):
+        grpo_layout(grpo, 8)
+    with pytest.raises(ReasonRankError, match="fewer than one rollout step of 16"):
+        grpo_layout(grpo, 8, n_prompts=15)
     explicit = apply_overrides(grpo, {"gradient_accumulation_steps": 2, "max_steps": 5})
     assert grpo_layout(explicit, 8) == {"steps_per_generation": 16}
 
@@ -225,7 +237,7 @@ def test_every_preset_builds_a_trl_config(stage, tmp_path):
         preset = load_preset(name, stage)
         args = dict(preset["training_args"], output_dir=str(tmp_path), bf16=False)
         if stage == "grpo":
-            args.update(grpo_layout(preset, 1 if name == "cpu-tiny" else 8))
+            args.update(grpo_layout(preset, 1 if name == "cpu-tiny" else 8, n_prompts=160))
             args["use_vllm"] = False
             args = {k: v for k, v in args.items() if not k.startswith("vllm_")}
         config = build_config(cls, args)

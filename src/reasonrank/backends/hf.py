@@ -11,6 +11,9 @@ when the budget did. A stop string is cut from the returned text (as OpenAI serv
 
 A GGUF file can be loaded with `gguf_file=` (or by passing the .gguf path as the model): transformers
 dequantizes it to full precision (slow to load; float32 on CPU by default).
+
+`lora=` a PEFT adapter directory: the base model is wrapped in a PeftModel and generates through the
+adapter, unmerged (the output equals the merged model's up to float rounding; tests/test_lora.py).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ class HFBackend:
         trust_remote_code: bool = False,
         max_context: int | None = None,
         n_threads: int | None = None,
+        lora: str | os.PathLike | None = None,
     ):
         """
         model_name_or_path: a local model directory, a hub id, or a .gguf file.
@@ -50,6 +54,7 @@ class HFBackend:
         tokenizer: where to load the tokenizer from (default: the model, or the GGUF file).
         max_context: prompt + new tokens allowed; None: the config's max_position_embeddings.
         n_threads: torch CPU threads (torch.set_num_threads); None leaves torch's default.
+        lora: a LoRA adapter directory applied on top of the model through PEFT (the `peft` package).
         """
         self._torch = torch = require("torch", "hf", "The transformers backend")
         transformers = require("transformers", "hf", "The transformers backend")
@@ -73,6 +78,9 @@ class HFBackend:
         if gguf_file:
             load_kwargs["gguf_file"] = gguf_file
         self._model = transformers.AutoModelForCausalLM.from_pretrained(source, **load_kwargs)
+        self.lora = str(lora) if lora else None
+        if self.lora:
+            self._model = _with_adapter(self._model, self.lora)
         self._model.to(self.device)
         self._model.eval()
         config = self._model.config
@@ -176,6 +184,15 @@ class HFBackend:
 
     def close(self) -> None:
         self._model = None
+
+
+def _with_adapter(model, path: str):
+    """`model` generating through the LoRA adapter at `path` (checked before PEFT loads it)."""
+    from reasonrank.backends.lora import adapter_config
+
+    adapter_config(path)
+    peft = require("peft", "train", "LoRA adapters in the transformers backend")
+    return peft.PeftModel.from_pretrained(model, path)
 
 
 def _pick_dtype(torch, dtype: str | None, device):

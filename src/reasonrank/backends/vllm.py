@@ -9,6 +9,12 @@ Prompts are tokenized here from `Prompt.text` without adding special tokens and 
 `{"prompt_token_ids": [...]}` (vLLM's TokensPrompt), so vLLM adds no second BOS and generates from
 exactly the rendered prompt. Prompts that do not fit `max_model_len` with the token budget come back
 as Generations with `error` (vLLM would otherwise reject the whole batch).
+
+LoRA (`lora=` an adapter directory, as the 32B recipe serves it): the engine is built with
+`enable_lora=True` and `max_lora_rank` from the adapter's config, and every generate call passes a
+`LoRARequest` for it, as upstream ReasonRank does. `enable_lora` without `lora` is refused: vLLM would
+then silently generate with the base model. The argument building is tested with a stand-in module
+(tests/test_lora.py); the engine itself is not run here.
 """
 
 from __future__ import annotations
@@ -34,13 +40,16 @@ class VLLMBackend:
         tokenizer: str | None = None,
         trust_remote_code: bool = False,
         enforce_eager: bool = False,
+        lora: str | None = None,
         **llm_kwargs,
     ):
         """model: hub id or local directory (vLLM also reads GGUF files; then pass `tokenizer=`).
+        lora: a LoRA adapter directory applied to every request.
         Other keyword arguments go to `vllm.LLM` unchanged."""
         vllm = require("vllm", "vllm", "The vLLM backend")
         self._vllm = vllm
         self.model = model
+        llm_kwargs, self._lora_request = lora_arguments(lora, llm_kwargs)
         kwargs = dict(
             model=model,
             tensor_parallel_size=tensor_parallel_size,
@@ -88,7 +97,7 @@ class VLLMBackend:
             )
             start = time.perf_counter()
             try:
-                outputs = self._llm.generate(inputs, sampling, use_tqdm=False)
+                outputs = self._llm.generate(inputs, sampling, use_tqdm=False, **self._lora_kwargs())
             except Exception as exc:  # noqa: BLE001 - the batch as a whole failed: every item says why
                 err = f"vLLM generate failed: {type(exc).__name__}: {exc}"
                 for i in index:
@@ -106,8 +115,34 @@ class VLLMBackend:
                 )
         return results  # type: ignore[return-value]
 
+    def _lora_kwargs(self) -> dict:
+        """A LoRARequest per call (vLLM caches the loaded adapter by its id)."""
+        if self._lora_request is None:
+            return {}
+        from vllm.lora.request import LoRARequest
+
+        return {"lora_request": LoRARequest(**self._lora_request)}
+
     def close(self) -> None:
         self._llm = None
+
+
+def lora_arguments(lora: str | None, llm_kwargs: dict) -> tuple[dict, dict | None]:
+    """`vllm.LLM` keyword arguments with LoRA switched on for `lora`, and the LoRARequest's fields."""
+    from reasonrank.backends.lora import adapter_config, adapter_rank, vllm_max_lora_rank
+    from reasonrank.errors import ReasonRankError
+
+    kwargs = dict(llm_kwargs)
+    if lora is None:
+        if kwargs.get("enable_lora"):
+            raise ReasonRankError("enable_lora without an adapter generates with the base model: pass lora=PATH "
+                                  "(--lora on the command line)")
+        return kwargs, None
+    rank = adapter_rank(adapter_config(lora))
+    kwargs["enable_lora"] = True
+    kwargs["max_lora_rank"] = max(int(kwargs.get("max_lora_rank") or 0), vllm_max_lora_rank(rank))
+    kwargs.setdefault("max_loras", 1)
+    return kwargs, {"lora_name": "reasonrank-adapter", "lora_int_id": 1, "lora_path": str(lora)}
 
 
 def _engine_max_len(llm) -> int | None:

@@ -12,7 +12,14 @@ updates on mini-batches of 8 prompts. TRL counts completions per device and micr
   gradient_accumulation_steps = prompts_per_update * num_generations / (W * B)
   steps_per_generation        = prompts_per_rollout * num_generations / (W * B)
   max_steps                   = rollout_steps * prompts_per_rollout / prompts_per_update
-`grpo_layout` computes them; explicit values in the overrides win.
+`rollout_steps: "epoch"` (the paper presets) is one pass over the RL set, as upstream's
+`total_epochs=1`: len(rows) // prompts_per_rollout rollout steps (verl's dataloader drops the last
+partial batch). `grpo_layout` computes them; explicit values in the overrides win.
+
+Loss. `VERL_LOSS` holds the GRPOConfig settings under which TRL's loss is verl 0.4.0's for the
+paper's layout (`ppo_micro_batch_size_per_gpu=1`): tests/test_grpo_verl.py computes verl's formulas
+by hand and compares them with TRL's own `_compute_loss`. What TRL cannot express is listed in
+`VERL_DIFFERENCES` and in the README (Training).
 """
 
 from __future__ import annotations
@@ -28,8 +35,47 @@ from reasonrank.training.data import load_rl
 from reasonrank.training.presets import build_config, lora_config
 
 
-def grpo_layout(cfg: dict[str, Any], processes: int) -> dict[str, Any]:
-    """TRL batch arguments from the preset's prompt counts (see the module docstring)."""
+# verl 0.4.0 (dp_actor.update_policy + core_algos) as the paper ran it, in GRPOConfig terms:
+# - loss_type "grpo": verl takes the token mean per micro-batch; with one sequence per micro-batch that
+#   is a per-sequence mean, averaged over the accumulated sequences. TRL's "grpo" is exactly that
+#   (its "dapo" divides by all tokens of the accumulation window, weighting long completions more).
+# - delta 3.0: verl always applies dual-clip PPO with clip_ratio_c = 3 to negative advantages; TRL's
+#   two-sided clip caps the ratio at delta, which gives the same value and gradient (the positive
+#   side is already capped at 1 + epsilon).
+# - use_bias_correction_kl False: verl's low_var_kl is plain k3, not multiplied by the ratio.
+# - vllm_importance_sampling_correction False: verl 0.4.0 recomputes old log-probs with the actor
+#   and does no rollout/train mismatch correction.
+VERL_LOSS: dict[str, Any] = {
+    "loss_type": "grpo",
+    "epsilon": 0.2,
+    "delta": 3.0,
+    "beta": 0.001,
+    "use_bias_correction_kl": False,
+    "vllm_importance_sampling_correction": False,
+    "importance_sampling_level": "token",
+    "entropy_coef": 0.0,
+}
+
+VERL_DIFFERENCES = (
+    "low_var_kl clamp: verl clamps the per-token k3 KL to [-10, 10]; TRL does not clamp. k3 >= 0, and it "
+    "exceeds 10 only where |ref_logp - logp| is above ~2.5 nats (ref more likely) or ~11 (less likely); "
+    "there TRL's loss carries beta x (k3 - 10) more per token than verl's.",
+    "advantage epsilon: verl divides by (std + 1e-6), TRL by (std + 1e-4); both use the group's unbiased std.",
+)
+
+
+def epoch_rollout_steps(n_prompts: int, prompts_per_rollout: int) -> int:
+    """Rollout steps in one epoch over `n_prompts` (the last partial batch dropped, as verl does)."""
+    steps = n_prompts // prompts_per_rollout
+    if steps < 1:
+        raise ReasonRankError(f"the RL set has {n_prompts} prompt(s), fewer than one rollout step of "
+                              f"{prompts_per_rollout}; set rollout_steps or prompts_per_rollout")
+    return steps
+
+
+def grpo_layout(cfg: dict[str, Any], processes: int, n_prompts: int | None = None) -> dict[str, Any]:
+    """TRL batch arguments from the preset's prompt counts (see the module docstring); `n_prompts`
+    (the RL set's size) is needed when `rollout_steps` is "epoch"."""
     targs = cfg["training_args"]
     g = int(targs.get("num_generations", 8))
     b = int(targs.get("per_device_train_batch_size", 1))
@@ -45,8 +91,13 @@ def grpo_layout(cfg: dict[str, Any], processes: int) -> dict[str, Any]:
                     f"{prompts} prompts x {g} generations = {prompts * g} completions cannot be split into micro-batches "
                     f"of {processes} processes x {b} per device; change per_device_train_batch_size")
             out[name] = prompts * g // per_micro
-        if cfg.get("rollout_steps"):
-            out["max_steps"] = int(cfg["rollout_steps"]) * (rollout // update)
+        steps = None if "max_steps" in targs else cfg.get("rollout_steps")  # an explicit max_steps wins
+        if steps == "epoch":
+            if n_prompts is None:
+                raise ReasonRankError('rollout_steps "epoch" needs the RL set\'s size')
+            steps = epoch_rollout_steps(n_prompts, rollout)
+        if steps:
+            out["max_steps"] = int(steps) * (rollout // update)
     if "generation_batch_size" in targs:
         out.pop("steps_per_generation", None)
     return {k: v for k, v in out.items() if k not in targs}
@@ -89,7 +140,8 @@ def train_grpo(
     """GRPO-train `model` (usually the SFT output) on an RL JSONL/parquet export.
 
     `preset`: `7b-full`, `32b-lora`, `cpu-tiny` or a JSON path; `overrides`: preset keys
-    (`max_prompt_length`, `lora`, `prompts_per_rollout`, `prompts_per_update`, `rollout_steps`,
+    (`max_prompt_length`, `lora`, `prompts_per_rollout`, `prompts_per_update`, `rollout_steps` (a
+    number or "epoch"),
     `format_reward`) or GRPOConfig fields. Logged metrics include `rewards/trl_ranking_reward/mean`.
     """
     trl = require("trl", "train", "GRPO training")
@@ -100,7 +152,7 @@ def train_grpo(
         cfg["format_reward"] = format_reward
 
     targs = dict(cfg["training_args"])
-    targs.update(grpo_layout(cfg, world_size()))
+    targs.update(grpo_layout(cfg, world_size(), n_prompts=len(run.rows)))
     targs["use_vllm"] = resolve_use_vllm(targs.get("use_vllm", "auto"))
     if not targs["use_vllm"]:
         for key in [k for k in targs if k.startswith("vllm_")]:
