@@ -104,6 +104,11 @@ def test_completions_mode_sends_the_exact_prompt_text():
     assert body["prompt"] == prompts[0].text and "messages" not in body
     assert body["max_tokens"] == 5 and body["temperature"] == 0.0 and body["stop"] == ["</answer>"]
     assert body["repeat_penalty"] == 1.0 and body["model"] == "fake"
+    # an unknown server gets every pinned sampling field, and a rendered prompt no added special tokens
+    assert body["repetition_penalty"] == 1.0 and body["top_k"] == -1 and body["min_p"] == 0.0
+    assert body["add_special_tokens"] is False
+    chat = next(b for p, b, _ in reqs if p == "/v1/chat/completions")
+    assert "add_special_tokens" not in chat and chat["repetition_penalty"] == 1.0
 
 
 def test_several_base_urls_are_balanced_and_a_dead_one_is_routed_around():

@@ -3,6 +3,9 @@
 A crashed or interrupted run resumes from it: windows are deterministic given the earlier ones,
 so a rerun renders the same prompts, finds their hashes here and reuses the recorded
 permutations instead of calling the model again.
+
+Lines of the sliding window are WindowTrace dicts, as always. Other methods add `method` and `role`
+(top-down partitioning: first, partition or recursion) to each line; `meta` keeps them per hash.
 """
 
 from __future__ import annotations
@@ -15,6 +18,9 @@ from pathlib import Path
 from reasonrank.types import WindowTrace
 
 
+EXTRA_FIELDS = ("method", "role")
+
+
 def prompt_hash(prompt_key: str, model: str, settings: str = "") -> str:
     return hashlib.sha256(f"{model}\x00{settings}\x00{prompt_key}".encode()).hexdigest()[:32]
 
@@ -24,6 +30,7 @@ class Journal:
         self.path = Path(path) if path else None
         self.keep_prompts = keep_prompts
         self.done: dict[str, WindowTrace] = {}
+        self.meta: dict[str, dict] = {}  # prompt hash -> {"method": ..., "role": ...} where recorded
         self.corrupt_lines = 0
         if self.path and self.path.exists():
             self._load()
@@ -33,18 +40,28 @@ class Journal:
         with open(self.path, encoding="utf-8") as fh:
             for line in fh:
                 try:
-                    trace = WindowTrace.from_dict(json.loads(line))
-                except (json.JSONDecodeError, TypeError, ValueError):
+                    row = json.loads(line)
+                    extra = {k: row.pop(k) for k in EXTRA_FIELDS if k in row}
+                    trace = WindowTrace.from_dict(row)
+                except (json.JSONDecodeError, TypeError, ValueError, AttributeError):
                     # the last line of a killed run may be half written: count it and redo that window
                     self.corrupt_lines += 1
                     continue
                 self.done[trace.prompt_hash] = trace
+                if extra:
+                    self.meta[trace.prompt_hash] = extra
 
     def lookup(self, key: str) -> WindowTrace | None:
         return self.done.get(key)
 
-    def record(self, trace: WindowTrace) -> None:
+    def record(self, trace: WindowTrace, **extra) -> None:
+        """Append one window; `extra` (method=, role=) goes into its line beside the trace's fields."""
+        unknown = set(extra) - set(EXTRA_FIELDS)
+        if unknown:
+            raise ValueError(f"journal lines take no field(s) {sorted(unknown)}")
         self.done[trace.prompt_hash] = trace
+        if extra:
+            self.meta[trace.prompt_hash] = dict(extra)
         if self.path is None:
             return
         if self._fh is None:
@@ -52,7 +69,7 @@ class Journal:
             self._fh = open(self.path, "a", encoding="utf-8")
             if self.path.stat().st_size and not self._ends_with_newline():
                 self._fh.write("\n")  # close a half-written line from a crash so the next record stands alone
-        row = trace.to_dict()
+        row = {**trace.to_dict(), **extra}
         if not self.keep_prompts:
             row["prompt"] = ""
         self._fh.write(json.dumps(row, ensure_ascii=False) + "\n")

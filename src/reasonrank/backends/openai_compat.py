@@ -36,6 +36,15 @@ inside, answer after); `Generation.full_text` puts it back inline.
 prompt rendered locally, so the server applies no template); prompts without it, and the default
 mode, go to /v1/chat/completions with `messages`.
 
+Greedy means greedy on every server. Servers fill fields a request leaves out with their own
+defaults: vLLM from the model's generation_config.json (Qwen2.5: repetition_penalty 1.05, top_k 20),
+llama.cpp with repeat_penalty 1.1 and min_p 0.05, and vLLM's completions endpoint adds special tokens
+to a prompt unless told not to. So every request pins them (`pinned_fields`), in the names of the
+server it goes to; the kind of server is read once per base URL from GET /models (`owned_by`). An
+unknown server gets every name. A strict server (OpenAI's API) answers 400 naming a field it does not
+know: the request is then sent once more without the pinned fields, and that URL gets none from then
+on; `stats["dropped_fields"]` says which were dropped where, for the run summary.
+
 API key: `api_key`, else `api_key_file`, else $OPENAI_API_KEY, else $OPENAI_API_KEY_FILE; no key
 sends no Authorization header (local servers). The key is never logged, printed or put in errors.
 """
@@ -73,6 +82,39 @@ class _RetryableError(Exception):
 
 class _FatalError(Exception):
     pass
+
+
+class _UnknownFieldError(_FatalError):
+    """A 400/422 that names one of the pinned sampling fields: the server does not take it."""
+
+
+# What each kind of server is told, in its own names. top_k "off" is 0 for llama.cpp (its pydantic
+# model rejects -1) and -1 for vLLM/SGLang (older vLLM rejects 0).
+_PINS = {
+    "vllm": {"repetition_penalty": 1.0, "top_k": -1, "min_p": 0.0},
+    "llama-cpp-python": {"repeat_penalty": 1.0, "top_k": 0, "min_p": 0.0},
+    "llama.cpp": {"repeat_penalty": 1.0, "top_k": 0, "min_p": 0.0},
+    "unknown": {"repetition_penalty": 1.0, "repeat_penalty": 1.0, "top_k": -1, "min_p": 0.0},
+}
+_OWNED_BY = {"vllm": "vllm", "me": "llama-cpp-python", "llamacpp": "llama.cpp", "sglang": "vllm"}
+
+
+def pinned_fields(kind: str, raw_prompt: bool) -> dict[str, Any]:
+    """The sampling fields a request to this kind of server must carry to decode greedily as asked;
+    `raw_prompt`: the body carries a rendered prompt, to which vLLM would add special tokens."""
+    pins = dict(_PINS.get(kind, _PINS["unknown"]))
+    if raw_prompt and kind in ("vllm", "unknown"):
+        pins["add_special_tokens"] = False
+    return pins
+
+
+def server_kind(models_body: Any) -> str:
+    """vllm, llama-cpp-python, llama.cpp or unknown, from a GET /models answer's `owned_by`."""
+    try:
+        owner = str(models_body["data"][0].get("owned_by", "")).lower()
+    except (KeyError, IndexError, TypeError, AttributeError):
+        return "unknown"
+    return _OWNED_BY.get(owner, "unknown")
 
 
 def split_reasoning(content: str) -> tuple[str, str]:
@@ -184,7 +226,10 @@ class OpenAIBackend:
             "prompt_tokens": 0,
             "completion_tokens": 0,
             "per_url": {u: 0 for u in self.base_urls},  # attempts per base URL
+            "server_kind": {},  # base URL -> vllm, llama-cpp-python, llama.cpp or unknown
+            "dropped_fields": {},  # base URL -> pinned fields the server refused (sent no more)
         }
+        self._kinds: dict[str, str] = {}
         self._in_flight = {u: 0 for u in self.base_urls}
         self._seconds_per_token: collections.deque[float] = collections.deque(maxlen=64)
         self._rr = 0
@@ -297,7 +342,7 @@ class OpenAIBackend:
             for key, value in deltas.items():
                 self.stats[key] += value
 
-    def _payload(self, prompt: Prompt, params: SamplingParams) -> tuple[str, dict]:
+    def _payload(self, prompt: Prompt, params: SamplingParams, url: str | None = None) -> tuple[str, dict]:
         body: dict[str, Any] = {
             "model": self.model,
             "max_tokens": int(params.max_new_tokens),
@@ -308,12 +353,38 @@ class OpenAIBackend:
             body["seed"] = int(params.seed)
         if params.stop:
             body["stop"] = list(params.stop)
-        if self.use_completions and prompt.text is not None:
+        raw = self.use_completions and prompt.text is not None
+        if raw:
             path, body["prompt"] = "/completions", prompt.text
         else:
             path, body["messages"] = "/chat/completions", prompt.messages
+        if url is None or url not in self.stats["dropped_fields"]:
+            body.update(pinned_fields(self._kinds.get(url, "unknown"), raw))
         body.update(self.extra_body)
         return path, body
+
+    async def _learn_kind(self, client, url: str, headers: dict) -> None:
+        """Ask a base URL once what serves it (GET /models), to pin fields in its own names."""
+        if url in self._kinds:
+            return
+        kind = "unknown"
+        try:
+            response = await client.get(url + "/models", headers=headers, timeout=self.connect_timeout_s)
+            if response.status_code == 200:
+                kind = server_kind(response.json())
+        except (self._httpx.HTTPError, ValueError):
+            pass  # a server that cannot list models is sent every name; the 400 fallback covers strict ones
+        self._kinds[url] = kind
+        with self._stats_lock:
+            self.stats["server_kind"][url] = kind
+
+    def _drop_pins(self, url: str, body: dict, path: str) -> dict:
+        """Forget the pinned fields for this URL (a strict server refused one) and the body without them."""
+        dropped = sorted(set(pinned_fields(self._kinds.get(url, "unknown"), path == "/completions")) - set(self.extra_body))
+        with self._stats_lock:
+            self.stats["dropped_fields"][url] = dropped
+        log.warning("%s refuses the sampling fields %s; sending them no more (its own defaults apply)", url, dropped)
+        return {k: v for k, v in body.items() if k not in dropped}
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         delay = min(self.backoff_max_s, self.backoff_base_s * (2 ** attempt)) * random.uniform(0.5, 1.0)
@@ -322,7 +393,6 @@ class OpenAIBackend:
         return delay
 
     async def _one(self, client, sem, prompt: Prompt, params: SamplingParams) -> Generation:
-        path, body = self._payload(prompt, params)
         headers = dict(self._headers)
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
@@ -338,7 +408,14 @@ class OpenAIBackend:
                 # sized per attempt: what earlier answers taught about this server's speed counts
                 timeout = self._httpx.Timeout(self.request_timeout(params.max_new_tokens), connect=self.connect_timeout_s)
                 try:
-                    data = await self._post(client, url + path, body, headers, timeout)
+                    await self._learn_kind(client, url, headers)
+                    path, body = self._payload(prompt, params, url)
+                    try:
+                        data = await self._post(client, url + path, body, headers, timeout)
+                    except _UnknownFieldError:
+                        if url in self.stats["dropped_fields"]:
+                            raise
+                        data = await self._post(client, url + path, self._drop_pins(url, body, path), headers, timeout)
                     gen = self._parse(data, chat=path == "/chat/completions")
                 except _RetryableError as exc:
                     last_error, retry_after = f"{url}{path}: {exc}", exc.retry_after
@@ -373,6 +450,8 @@ class OpenAIBackend:
             snippet = response.text[:300].replace("\n", " ")
             if response.status_code in RETRYABLE_STATUS:
                 raise _RetryableError(f"HTTP {response.status_code}: {snippet}", _retry_after(response))
+            if response.status_code in (400, 422) and _names_a_pin(response.text):
+                raise _UnknownFieldError(f"HTTP {response.status_code}: {snippet}")
             raise _FatalError(f"HTTP {response.status_code}: {snippet}")
         try:
             data = json.loads(response.content)
@@ -413,6 +492,13 @@ class OpenAIBackend:
 
     def close(self) -> None:
         """Nothing to release for `generate()` callers (each call uses its own client)."""
+
+
+_PIN_NAMES = frozenset(k for pins in _PINS.values() for k in pins) | {"add_special_tokens"}
+
+
+def _names_a_pin(error_text: str) -> bool:
+    return any(name in error_text for name in _PIN_NAMES)
 
 
 def _retry_after(response) -> float | None:

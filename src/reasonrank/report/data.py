@@ -19,6 +19,7 @@ from typing import Any, Iterable, Mapping
 
 from reasonrank.errors import FormatError, ReasonRankError, UnknownIdError
 from reasonrank.io.trec import ranked
+from reasonrank.journal import EXTRA_FIELDS
 from reasonrank.types import WindowTrace
 from reasonrank.windows import apply_permutation
 
@@ -64,7 +65,10 @@ def read_traces(path: str | Path) -> tuple[list[WindowTrace], list[int]]:
             if not line.strip():
                 continue
             try:
-                trace = WindowTrace.from_dict(json.loads(line))
+                row = json.loads(line)
+                for key in EXTRA_FIELDS:  # tdpart's method/role: not part of the window itself
+                    row.pop(key, None)
+                trace = WindowTrace.from_dict(row)
             except (json.JSONDecodeError, TypeError, ValueError, AttributeError):
                 bad.append(lineno)
                 continue

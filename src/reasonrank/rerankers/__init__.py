@@ -5,10 +5,13 @@ from __future__ import annotations
 from typing import Iterable, Mapping
 
 from reasonrank.backends.base import ANSWER_BUDGET, REASONING_BUDGET, SamplingParams
-from reasonrank.errors import UnknownIdError
+from reasonrank.errors import ConfigError, ReasonRankError, UnknownIdError
 from reasonrank.journal import Journal
 from reasonrank.rerankers.listwise import ListwiseReranker, RunStats
+from reasonrank.rerankers.tdpart import TopDownPartitionReranker
 from reasonrank.types import Candidate, Query, Request, Result
+
+METHODS = {"sliding": ListwiseReranker, "tdpart": TopDownPartitionReranker}
 
 
 def Reranker(
@@ -25,12 +28,18 @@ def Reranker(
     tokenizer: str | None = None,
     journal: str | Journal | None = None,
     progress: bool = False,
+    method: str = "sliding",
     **backend_options,
 ) -> ListwiseReranker:
     """A listwise reasoning reranker. With no model, the embedded Qwen2.5-Coder-0.5B GGUF on llama.cpp.
 
     `model` is a friendly name (`reasonrank model list`), a local path (GGUF file or HF directory) or a hub
-    id; `backend` is llamacpp, hf, vllm or openai (guessed from the model when omitted).
+    id; `backend` is llamacpp, hf, vllm or openai (guessed from the model when omitted). `method` is
+    `sliding` (the paper's sliding window, the default) or `tdpart` (top-down partitioning, fewer calls).
+
+    Over HTTP (openai), a known tokenizer (`tokenizer=`, or the registry's for a friendly name) makes
+    the prompt the exact text rendered here, sent to the completions endpoint with no server template,
+    passages cut in model tokens; without one the server gets chat messages (the run summary says so).
     """
     from reasonrank.backends.factory import get_backend, tokenizer_source
     from reasonrank.backends.models import resolve
@@ -42,16 +51,44 @@ def Reranker(
             mode = resolve(model).prompt_mode
         except KeyError:
             mode = "reasonrank"
+    if method not in METHODS:
+        raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     template = load_template(mode)  # before the model loads: a wrong mode fails at once
     engine = get_backend(backend, model, **backend_options)
     source = tokenizer or tokenizer_source(engine.name, model)
-    renderer = PromptRenderer(load_tokenizer(source) if source else None, mode=template, max_passage_tokens=max_passage_tokens)
+    tok = load_tokenizer(source) if source else _registry_tokenizer(model) if engine.name == "openai" else None
+    renderer = PromptRenderer(tok, mode=template, max_passage_tokens=max_passage_tokens)
+    if engine.name == "openai" and renderer.tokenizer is not None:
+        engine.use_completions = True  # the exact rendered prompt, not the server's chat template
     if not isinstance(journal, Journal):
         journal = Journal(journal)
-    return ListwiseReranker(
+    return METHODS[method](
         engine, renderer, top_k=top_k, window=window, step=step, passes=passes,
         params=SamplingParams(max_new_tokens=max_new_tokens), journal=journal, progress=progress,
     )
+
+
+def _registry_tokenizer(model: str | None):
+    """The tokenizer a registry name implies for a server that serves it: the embedded GGUF where it
+    is assembled, else the spec's tokenizer or hub id. None when it cannot be loaded (offline, not
+    cached): the run then falls back to chat messages and says so, rather than failing."""
+    import logging
+
+    from reasonrank.backends.models import embedded_path, resolve
+    from reasonrank.tokenizer import load_tokenizer
+
+    try:
+        spec = resolve(model)
+    except KeyError:
+        return None
+    source = (str(embedded_path()) if embedded_path().is_file() else None) if spec.embedded else spec.tokenizer or spec.hub_id
+    if source is None:
+        return None
+    try:
+        return load_tokenizer(source)
+    except (OSError, ValueError, ImportError, ReasonRankError) as exc:
+        logging.getLogger(__name__).warning("tokenizer of %s not loadable (%s): sending chat messages", model, exc)
+        return None
 
 
 def requests_from_run(collection, run: Mapping[str, Mapping[str, float]], qids: Iterable[str] | None = None, depth: int | None = None) -> list[Request]:
@@ -81,4 +118,4 @@ def results_to_run(results: Iterable[Result]) -> dict[str, dict[str, float]]:
     return {r.query.qid: {c.docid: c.score for c in r.candidates} for r in results}
 
 
-__all__ = ["Candidate", "ListwiseReranker", "Query", "Reranker", "Request", "Result", "RunStats", "requests_from_run", "results_to_run"]
+__all__ = ["Candidate", "ListwiseReranker", "METHODS", "TopDownPartitionReranker", "Query", "Reranker", "Request", "Result", "RunStats", "requests_from_run", "results_to_run"]
