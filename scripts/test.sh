@@ -2,7 +2,7 @@
 # Set up and run the whole test suite (what CI runs).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh "llamacpp,hf,openai,serve,train,synth,dense,report,dev" || exit 1
+bash scripts/setup.sh "llamacpp,hf,openai,serve,train,synth,dense,report,pyterrier,langchain,llama-index,mcp,dev" || exit 1
 # The report's browser tests drive Debian's chromium (Playwright's own browser downloads are not
 # reachable here). Without it they skip, saying so in the summary.
 if ! command -v chromium >/dev/null 2>&1; then

@@ -240,6 +240,7 @@ def test_parse_request_accepts_cohere_shapes():
     ({"query": "q", "documents": ["a"] * 4}, 400, "4 documents sent; the limit is 3"),
     ({"query": "q", "documents": ["a" * 11]}, 400, "documents[0] is 11 characters; the limit is 10"),
     ({"query": "q", "documents": [3]}, 400, "documents[0] must be a string or an object"),
+    ({"query": "q", "documents": ["a", {"text": " "}]}, 400, "documents[1] has no text"),
     ({"query": "q", "documents": ["a"], "top_n": 0}, 400, "'top_n' must be at least 1"),
     ({"query": "q", "documents": ["a"], "model": "other"}, 404, "model 'other' not found"),
 ])

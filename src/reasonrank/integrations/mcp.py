@@ -1,0 +1,209 @@
+"""`reasonrank mcp` (`pip install 'reasonrank[mcp]'`): the reranker and the evaluator as Model Context
+Protocol tools, served with the official `mcp` SDK.
+
+    reasonrank mcp                                                # stdio: what MCP hosts and agents launch
+    reasonrank mcp --transport streamable-http --port 8001        # http://127.0.0.1:8001/mcp
+
+Tools:
+
+* `rerank(query, documents, top_n)`: the documents' indices best first with a relevance score (1 / (rank
+  + 1), as the HTTP service scores) and the text;
+* `evaluate(run, qrels, measures)`: IR measures of a run, as `reasonrank evaluate` computes them. Run and
+  qrels come inline, as JSON objects or as the text of a file (TREC run; TREC, BEIR TSV or R2MED qrels),
+  never as paths: a server reachable over HTTP must not read its own files for a caller.
+
+Bad input comes back as a tool error (`isError: true` with the message of the core API); a failure nobody
+foresaw too (the SDK logs its traceback on stderr). The server keeps running either way.
+
+The model loads in the background: the server answers at once (an MCP host gives a server only so long to
+start, and a 7B model on a GPU takes minutes to load), `evaluate` works meanwhile and `rerank` waits for it.
+
+No `from __future__ import annotations` here: the SDK reads the tools' annotations at runtime, and those
+name pydantic types imported only when the server is built (the CLI must import this module without mcp).
+"""
+
+import contextlib
+import logging
+import threading
+import time
+from concurrent.futures import Future
+from enum import Enum
+from pathlib import Path
+from tempfile import TemporaryDirectory
+from typing import Annotated, Callable, Dict, List, Optional, Union
+
+import typer
+
+from reasonrank.backends.base import ANSWER_BUDGET, REASONING_BUDGET
+from reasonrank.errors import FormatError, ReasonRankError, require
+
+log = logging.getLogger("reasonrank.mcp")
+
+INSTRUCTIONS = ("Rerank passages by their relevance to a query with a listwise reasoning model (ReasonRank), and "
+                "evaluate rankings against relevance judgements with IR measures (nDCG@10, Recall@100, MRR@10, MAP).")
+
+
+class BackgroundModel:
+    """A reranker built in a background thread; `get()` waits for it and raises what its loading raised
+    (so each `rerank` call reports a failed load as a tool error)."""
+
+    def __init__(self, build: Callable[[], object]):
+        self._future: Future = Future()
+        threading.Thread(target=self._load, args=(build,), name="reasonrank-model", daemon=True).start()
+
+    def _load(self, build: Callable[[], object]) -> None:
+        started = time.perf_counter()
+        try:
+            reranker = build()
+        except BaseException as exc:  # noqa: BLE001 - handed to every rerank call instead
+            log.error("the model failed to load, rerank will answer with this error: %s", exc)
+            self._future.set_exception(exc)
+            return
+        log.info("model loaded in %.1f s", time.perf_counter() - started)
+        self._future.set_result(reranker)
+
+    def get(self):
+        return self._future.result()
+
+    def close(self) -> None:
+        if self._future.done() and self._future.exception() is None:
+            self._future.result().close()
+
+
+def build_server(reranker, name: str = "reasonrank"):
+    """An `mcp.server.MCPServer` with the tools `rerank` (on `reranker`: a ListwiseReranker or a BackgroundModel)
+    and `evaluate`."""
+    sdk = require("mcp.server.mcpserver", "mcp", "The MCP server")
+    server = sdk.MCPServer(name, instructions=INSTRUCTIONS)
+    _add_rerank_tool(server, reranker.get if isinstance(reranker, BackgroundModel) else lambda: reranker)
+    _add_evaluate_tool(server)
+    return server
+
+
+@contextlib.contextmanager
+def _as_tool_error():
+    """Errors a caller can act on become the SDK's ToolError: their message reaches the caller as is (anything
+    else reaches it only as 'Error executing tool')."""
+    from mcp.server.mcpserver.exceptions import ToolError
+
+    try:
+        yield
+    except ReasonRankError as exc:  # InvalidInput, FormatError, an unknown measure, ...
+        raise ToolError(str(exc)) from exc
+
+
+def _add_rerank_tool(server, reranker: Callable[[], object]) -> None:
+    from mcp.types import ToolAnnotations
+    from pydantic import BaseModel, Field
+
+    from reasonrank.integrations._common import rerank_texts
+
+    class Hit(BaseModel):
+        index: int = Field(description="Position of the document in the documents sent.")
+        relevance_score: float = Field(description="1 / (rank + 1): 1.0 for the best, decreasing down the list.")
+        document: str
+
+    class Ranking(BaseModel):
+        results: List[Hit] = Field(description="The documents best first, top_n of them.")
+
+    @server.tool(annotations=ToolAnnotations(readOnlyHint=True, idempotentHint=True, openWorldHint=False))
+    def rerank(
+        query: Annotated[str, Field(description="What the documents should answer.")],
+        documents: Annotated[List[str], Field(description="Passage texts, none blank, in first-stage order (best first); "
+                                                          "beyond the server's --top-k (100) they keep their order.")],
+        top_n: Annotated[Optional[int], Field(description="How many results to return (at least 1; default: all).")] = None,
+    ) -> Ranking:
+        """Rerank documents by relevance to the query with a listwise reasoning model: it reads windows of
+        passages, reasons, and orders them."""
+        with _as_tool_error():
+            ranked = rerank_texts(reranker(), query, documents, top_n)
+        return Ranking(results=[Hit(index=i, relevance_score=score, document=documents[i]) for i, score in ranked])
+
+
+def _add_evaluate_tool(server) -> None:
+    from mcp.types import ToolAnnotations
+    from pydantic import BaseModel, Field
+
+    from reasonrank.evaluation import DEFAULT_MEASURES, evaluate as run_evaluation
+    from reasonrank.io import read_qrels, read_run
+
+    class Evaluation(BaseModel):
+        aggregate: Dict[str, float] = Field(description="Each measure averaged over the evaluated queries (0 to 1).")
+        evaluated_queries: int
+        judged_queries: int
+        missing_queries: List[str] = Field(description="Judged queries the run has no results for (not averaged).")
+        per_query: Dict[str, Dict[str, float]]
+
+    @server.tool(annotations=ToolAnnotations(readOnlyHint=True, idempotentHint=True, openWorldHint=False))
+    def evaluate(
+        run: Annotated[Union[Dict[str, Dict[str, float]], str], Field(
+            description="The ranking: {qid: {docid: score}} (higher is better), or the text of a TREC run file "
+                        "(lines 'qid Q0 docid rank score tag').")],
+        qrels: Annotated[Union[Dict[str, Dict[str, int]], str], Field(
+            description="Relevance judgements: {qid: {docid: grade}}, or the text of a qrels file "
+                        "(TREC 'qid 0 docid grade', BEIR TSV, or R2MED JSON lines).")],
+        measures: Annotated[Optional[List[str]], Field(
+            description=f"ir-measures names such as nDCG@10, Recall@100, MRR@10, MAP (default: {', '.join(DEFAULT_MEASURES)}).")] = None,
+    ) -> Evaluation:
+        """Evaluate a ranking against relevance judgements, as `reasonrank evaluate` does."""
+        with _as_tool_error():
+            result = run_evaluation(_inline(run, "run", read_run), _inline(qrels, "qrels", read_qrels),
+                                    measures or DEFAULT_MEASURES)
+        return Evaluation(**result.to_dict())
+
+
+def _inline(value: Union[dict, str], name: str, reader: Callable[[Path], dict]) -> dict:
+    """A mapping as given, or file text read by the CLI's own reader; errors name `name` and the line."""
+    if isinstance(value, dict):
+        return value
+    with TemporaryDirectory() as tmp:
+        path = Path(tmp) / name
+        path.write_text(value, encoding="utf-8")
+        try:
+            return reader(path)
+        except FormatError as exc:
+            raise FormatError(name, exc.line, exc.problem) from None
+
+
+# -- the command ---------------------------------------------------------------------------------------
+
+app = typer.Typer(add_completion=False, help="Serve rerank and evaluate as MCP tools.")
+
+
+class Transport(str, Enum):
+    stdio = "stdio"
+    streamable_http = "streamable-http"
+
+
+@app.command("mcp")
+def mcp_command(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Registry name, GGUF file, model directory or hub id (default: the embedded model)."),
+    backend: Optional[str] = typer.Option(None, "--backend", "-b", help="llamacpp, hf, vllm or openai (guessed from the model when omitted)."),
+    backend_option: Optional[List[str]] = typer.Option(None, "--backend-option", "-o", help="NAME=VALUE passed to the backend (n_threads=4, base_url=...). Repeatable."),
+    mode: Optional[str] = typer.Option(None, help="Prompt mode: reasonrank, rankgpt, qwen3 (default: the model's)."),
+    tokenizer: Optional[str] = typer.Option(None, help="Where to load the tokenizer/chat template from (default: the model's)."),
+    max_passage_tokens: int = typer.Option(512, help="Each document is cut to this many tokens in the prompt."),
+    top_k: int = typer.Option(100, help="Documents reranked per call; the rest keep their order below."),
+    window: int = typer.Option(20, help="Documents per sliding window."),
+    step: int = typer.Option(10, help="Sliding window step."),
+    max_new_tokens: int = typer.Option(REASONING_BUDGET + ANSWER_BUDGET, help="Generation budget per window (reasoning + answer)."),
+    transport: Transport = typer.Option(Transport.stdio, help="stdio (launched by an MCP host) or streamable-http."),
+    host: str = typer.Option("127.0.0.1", help="streamable-http: address to listen on."),
+    port: int = typer.Option(8000, help="streamable-http: port to listen on (the endpoint is /mcp)."),
+):
+    """Serve the tools rerank and evaluate over the Model Context Protocol (the model loads meanwhile)."""
+    from reasonrank.rerankers import Reranker
+    from reasonrank.serving.commands import _options
+
+    options = _options(backend_option)
+    require("mcp.server.mcpserver", "mcp", "The MCP server")  # before a model starts loading
+    loading = BackgroundModel(lambda: Reranker(model, backend, mode=mode, tokenizer=tokenizer, max_passage_tokens=max_passage_tokens,
+                                               top_k=top_k, window=window, step=step, max_new_tokens=max_new_tokens, **options))
+    server = build_server(loading)
+    try:
+        if transport is Transport.stdio:
+            server.run("stdio")
+        else:
+            server.run("streamable-http", host=host, port=port)
+    finally:
+        loading.close()
