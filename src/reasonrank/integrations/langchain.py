@@ -8,23 +8,21 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Sequence
 
 from reasonrank.errors import require
 
 require("langchain_core", "langchain", "The LangChain integration")
 from langchain_core.callbacks import Callbacks  # noqa: E402
 from langchain_core.documents import BaseDocumentCompressor, Document  # noqa: E402
-from pydantic import PrivateAttr, field_validator  # noqa: E402  (langchain-core is built on pydantic 2)
 
-from reasonrank.integrations._common import build_reranker, rerank_texts  # noqa: E402
-from reasonrank.rerankers import ListwiseReranker  # noqa: E402
-from reasonrank.validation import check_top_n  # noqa: E402
+from reasonrank.integrations._common import rerank_texts  # noqa: E402
+from reasonrank.integrations._fields import RerankerFields  # noqa: E402
 
 SCORE_KEY = "relevance_score"  # the metadata key of LangChain's CohereRerank, so code reading it works with either
 
 
-class ReasonRankCompressor(BaseDocumentCompressor):
+class ReasonRankCompressor(RerankerFields, BaseDocumentCompressor):
     """Reorder documents with the listwise reasoning model and keep the `top_n` best (None: all).
 
     Each document returned is a copy whose `metadata["relevance_score"]` is 1 / (rank + 1), the HTTP
@@ -38,24 +36,6 @@ class ReasonRankCompressor(BaseDocumentCompressor):
     call reranks with its own in-memory journal, so a reranker journaling to a file is refused.
     """
 
-    top_n: Optional[int] = 3
-    model: Optional[str] = None
-    backend: Optional[str] = None
-    _reranker: ListwiseReranker = PrivateAttr()
-
-    def __init__(self, model: str | None = None, backend: str | None = None, *, top_n: int | None = 3,
-                 reranker: ListwiseReranker | None = None, **reranker_options: Any):
-        super().__init__(top_n=top_n, model=model, backend=backend)  # validates top_n before a model loads
-        self._reranker = build_reranker(model, backend, reranker, reranker_options, journal=False)
-
-    @field_validator("top_n")
-    @classmethod
-    def _check_top_n(cls, value: int | None) -> int | None:
-        return check_top_n(value)
-
-    @property
-    def reranker(self) -> ListwiseReranker:
-        return self._reranker
 
     def compress_documents(self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None) -> Sequence[Document]:
         ranked = rerank_texts(self._reranker, query, [d.page_content for d in documents], self.top_n)

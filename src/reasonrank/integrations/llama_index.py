@@ -8,22 +8,20 @@
 
 from __future__ import annotations
 
-from typing import Any, List, Optional
+from typing import List, Optional
 
 from reasonrank.errors import require
 
 require("llama_index.core", "llama-index", "The LlamaIndex integration")
-from llama_index.core.bridge.pydantic import PrivateAttr, field_validator  # noqa: E402
 from llama_index.core.callbacks import CBEventType, EventPayload  # noqa: E402
 from llama_index.core.postprocessor.types import BaseNodePostprocessor  # noqa: E402
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle  # noqa: E402
 
-from reasonrank.integrations._common import build_reranker, rerank_texts  # noqa: E402
-from reasonrank.rerankers import ListwiseReranker  # noqa: E402
-from reasonrank.validation import check_top_n  # noqa: E402
+from reasonrank.integrations._common import rerank_texts  # noqa: E402
+from reasonrank.integrations._fields import RerankerFields  # noqa: E402
 
 
-class ReasonRankPostprocessor(BaseNodePostprocessor):
+class ReasonRankPostprocessor(RerankerFields, BaseNodePostprocessor):
     """Reorder nodes with the listwise reasoning model and keep the `top_n` best (None: all).
 
     Returns `NodeWithScore`s in the new order, each scored 1 / (rank + 1) (the HTTP service's score). The
@@ -36,28 +34,10 @@ class ReasonRankPostprocessor(BaseNodePostprocessor):
     call reranks with its own in-memory journal, so a reranker journaling to a file is refused.
     """
 
-    top_n: Optional[int] = 3
-    model: Optional[str] = None
-    backend: Optional[str] = None
-    _reranker: ListwiseReranker = PrivateAttr()
-
-    def __init__(self, model: str | None = None, backend: str | None = None, *, top_n: int | None = 3,
-                 reranker: ListwiseReranker | None = None, **reranker_options: Any):
-        super().__init__(top_n=top_n, model=model, backend=backend)  # validates top_n before a model loads
-        self._reranker = build_reranker(model, backend, reranker, reranker_options, journal=False)
-
-    @field_validator("top_n")
-    @classmethod
-    def _check_top_n(cls, value: int | None) -> int | None:
-        return check_top_n(value)
 
     @classmethod
     def class_name(cls) -> str:
         return "ReasonRankPostprocessor"
-
-    @property
-    def reranker(self) -> ListwiseReranker:
-        return self._reranker
 
     def _postprocess_nodes(self, nodes: List[NodeWithScore], query_bundle: Optional[QueryBundle] = None) -> List[NodeWithScore]:
         query = query_bundle.query_str if query_bundle is not None else ""
