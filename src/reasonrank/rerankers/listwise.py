@@ -126,6 +126,18 @@ class ListwiseReranker:
         check_documents([c.content for c in candidates])
         return self.rerank_batch([Request(query, list(candidates))])[0]
 
+    def _generate(self, jobs: list[tuple], prompt_at: int):
+        """(job, generation) for each job, whose prompt is `job[prompt_at]`. Engines that run prompts one
+        after another (llama.cpp) or in fixed batches (hf) get them in chunks of their batch size, so the
+        caller's journal and progress bar advance per chunk."""
+        chunk = getattr(self.backend, "batch_size", None) or len(jobs) or 1
+        for begin in range(0, len(jobs), chunk):
+            part = jobs[begin:begin + chunk]
+            t0 = time.perf_counter()
+            generations = self.backend.generate([job[prompt_at] for job in part], self.params)
+            self.stats.model_seconds += time.perf_counter() - t0
+            yield from zip(part, generations)
+
     def _schedule(self, n: int) -> list[tuple[int, int, int]]:
         k = min(self.top_k, n)
         return [(p, s, e) for p in range(self.passes) for s, e in window_schedule(k, self.window, self.step)]
@@ -158,20 +170,12 @@ class ListwiseReranker:
                     bar.update(1)
             else:
                 pending.append((i, p, start, end, prompt, key))
-        # Engines that run prompts one after another (llama.cpp) or in fixed batches (hf) get the
-        # step in chunks of their batch size: the journal and progress bar then advance per chunk.
-        chunk = getattr(self.backend, "batch_size", None) or len(pending) or 1
-        for begin in range(0, len(pending), chunk):
-            part = pending[begin:begin + chunk]
-            t0 = time.perf_counter()
-            generations = self.backend.generate([job[4] for job in part], self.params)
-            self.stats.model_seconds += time.perf_counter() - t0
-            for (i, p, start, end, prompt, key), gen in zip(part, generations):
-                trace = self._trace(requests[i].query.qid, p, start, end, orders[i][start:end], prompt, key, gen)
-                self.journal.record(trace)
-                self._apply(i, orders, traces, trace, resumed=False)
+        for (i, p, start, end, prompt, key), gen in self._generate(pending, 4):
+            trace = self._trace(requests[i].query.qid, p, start, end, orders[i][start:end], prompt, key, gen)
+            self.journal.record(trace)
+            self._apply(i, orders, traces, trace, resumed=False)
             if bar is not None:
-                bar.update(len(part))
+                bar.update(1)
                 s = self.stats
                 bar.set_postfix(tok_s=f"{(s.prompt_tokens + s.completion_tokens) / max(s.model_seconds, 1e-9):.0f}",
                                 gen_tok_s=f"{s.completion_tokens / max(s.model_seconds, 1e-9):.1f}", **dict(s.status))

@@ -127,17 +127,11 @@ class TopDownPartitionReranker(ListwiseReranker):
                 self.stats.add(done, resumed=True)
             else:
                 pending.append((n, i, role, window, prompt, key))
-        chunk = getattr(self.backend, "batch_size", None) or len(pending) or 1
-        for begin in range(0, len(pending), chunk):
-            part = pending[begin:begin + chunk]
-            t0 = time.perf_counter()
-            generations = self.backend.generate([job[4] for job in part], self.params)
-            self.stats.model_seconds += time.perf_counter() - t0
-            for (n, i, role, window, prompt, key), gen in zip(part, generations):
-                trace = self._trace(requests[i].query.qid, _DEPTH[role], 0, len(window), window, prompt, key, gen)
-                self.journal.record(trace, method=self.method, role=role)
-                self.stats.add(trace, resumed=False)
-                out[n] = trace
+        for (n, i, role, window, prompt, key), gen in self._generate(pending, 4):
+            trace = self._trace(requests[i].query.qid, _DEPTH[role], 0, len(window), window, prompt, key, gen)
+            self.journal.record(trace, method=self.method, role=role)
+            self.stats.add(trace, resumed=False)
+            out[n] = trace
         for (i, _, _), trace in zip(jobs, out):
             traces[i].append(trace)
         return out
