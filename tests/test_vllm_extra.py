@@ -1,14 +1,13 @@
-"""The `vllm` extra resolves together with the train extra under our pins (transformers 5.24,
-torch 2.13, TRL 1.16), so a conflict fails here rather than on a user's GPU.
+"""The `vllm` extra resolves together with every other extra under the lock (constraints.txt: transformers
+5.24, torch 2.13, TRL 1.16, fastapi 0.136, numpy 2.3), so a conflict fails here rather than on a user's GPU.
 
 Why the bound is `>=0.27,<0.31` (read from each release's METADATA): vLLM 0.22-0.26 pin torch==2.11;
 0.27-0.30 pin torch==2.13 and ask transformers>=5.5.3 / >=5.10.4 with no cap; 0.31 caps
 transformers<5.18 and 0.32 <5.20 (we need 5.24); TRL 1.16 supports 0.22-0.31.
 
-Two pins of constraints.txt must be relaxed: vLLM 0.27-0.30 need fastapi<0.137 while constraints.txt
-pins fastapi 0.165 (the serve extra's floor, so `[vllm]` cannot share an environment with `[serve]`),
-and vLLM's mistral_common needs numpy<2.4 on Python <= 3.12 while constraints.txt pins numpy 2.4.6.
-A GPU install uses constraints.txt without those two lines (and without the CPU torch line: README).
+vLLM 0.27-0.30 also need fastapi<0.137, and its mistral_common numpy<2.4 on Python <= 3.12: the lock
+holds fastapi 0.136.3 and numpy 2.3.5 for that (the serve extra's floor is fastapi 0.115), found by
+resolving all extras plus vLLM in one dry run. A GPU install drops only the CPU torch line (README).
 """
 
 from __future__ import annotations
@@ -24,7 +23,8 @@ from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 
 ROOT = Path(__file__).resolve().parents[1]
-RELAXED_FOR_VLLM = {"fastapi", "numpy"}  # constraints.txt pins that vLLM 0.27-0.30 contradict (see the docstring)
+ALL_EXTRAS = ["llamacpp", "hf", "openai", "serve", "train", "synth", "dense", "report", "pyterrier", "langchain",
+              "llama-index", "mcp", "dev", "vllm"]
 
 
 def extras() -> dict[str, list[str]]:
@@ -59,14 +59,6 @@ def registry_reachable() -> bool:
     return out.returncode == 0 and "0.30.0" in out.stdout
 
 
-def relaxed_constraints(tmp_path: Path) -> Path:
-    lines = [line for line in (ROOT / "constraints.txt").read_text().splitlines()
-             if line.split("==")[0].strip().lower() not in RELAXED_FOR_VLLM]
-    path = tmp_path / "constraints-vllm.txt"
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
 def dry_run(tmp_path: Path, constraints: Path, requirements: list[str]) -> subprocess.CompletedProcess:
     report = tmp_path / "report.json"
     cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
@@ -75,26 +67,15 @@ def dry_run(tmp_path: Path, constraints: Path, requirements: list[str]) -> subpr
 
 
 @pytest.mark.slow
-def test_vllm_and_train_extras_resolve_under_the_constraints(tmp_path):
-    """pip's resolver, dry-run (it downloads wheels to read metadata: ~1 GB, minutes)."""
+def test_every_extra_and_vllm_resolve_under_the_lock(tmp_path):
+    """pip's resolver, dry-run (it downloads wheels to read metadata: ~1 GB the first time, minutes)."""
     if not registry_reachable():
         pytest.skip("the package registry is unreachable (pip index versions vllm failed): the dry-run needs it")
-    requirements = extras()["vllm"] + extras()["train"]
-    result = dry_run(tmp_path, relaxed_constraints(tmp_path), requirements)
+    result = dry_run(tmp_path, ROOT / "constraints.txt", [f"{ROOT}[{','.join(ALL_EXTRAS)}]"])
     assert result.returncode == 0, result.stderr[-3000:]
     chosen = {item["metadata"]["name"].lower(): item["metadata"]["version"]
               for item in json.loads((tmp_path / "report.json").read_text())["install"]}
     assert chosen["vllm"] in vllm_bound()
     assert chosen["transformers"] == "5.24.0" and chosen["trl"] == "1.16.0"
+    assert chosen["fastapi"] == "0.136.3" and chosen["numpy"] == "2.3.5"
     assert chosen["torch"].split("+")[0] == "2.13.0"
-
-
-@pytest.mark.slow
-def test_vllm_conflicts_with_the_pinned_fastapi(tmp_path):
-    """The documented relaxation is needed: with constraints.txt as it is, pip refuses."""
-    if not registry_reachable():
-        pytest.skip("the package registry is unreachable (pip index versions vllm failed): the dry-run needs it")
-    result = dry_run(tmp_path, ROOT / "constraints.txt", extras()["vllm"])
-    # which pin pip names first depends on the resolver's path through the lock (fastapi, numpy, or a
-    # pin that an integration brought in): what matters is that the lock as it is refuses vLLM
-    assert result.returncode != 0 and "Cannot install vllm" in result.stderr, result.stderr[-2000:]
