@@ -392,10 +392,15 @@ class OpenAIBackend:
             delay = max(delay, min(retry_after, self.backoff_max_s))
         return delay
 
-    async def _one(self, client, sem, prompt: Prompt, params: SamplingParams) -> Generation:
+    def auth_headers(self) -> dict[str, str]:
+        """The headers every request carries (the key included, when there is one)."""
         headers = dict(self._headers)
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
+        return headers
+
+    async def _one(self, client, sem, prompt: Prompt, params: SamplingParams) -> Generation:
+        headers = self.auth_headers()
         start = time.perf_counter()
         retries, last_error, url = 0, "", None
         for attempt in range(self.max_retries + 1):

@@ -188,6 +188,12 @@ class PromptRenderer:
         self._fix_prompt = _SegmentFixer(cache_size)
 
     @property
+    def can_template(self) -> bool:
+        """Whether prompts get rendered text (a llama-cpp-python server's tokenizer cuts passages but
+        cannot template: its prompts go as messages)."""
+        return self.tokenizer is not None and getattr(self.tokenizer, "can_template", True)
+
+    @property
     def require_tags(self) -> bool:
         return self.template.require_tags
 
@@ -210,7 +216,9 @@ class PromptRenderer:
         content = fix_text(content.strip())
         limit = self.max_passage_tokens
         if limit is not None:
-            if self.tokenizer is not None:
+            if hasattr(self.tokenizer, "truncate"):  # a server's tokenizer (backends.server_tokenizer)
+                content = self.tokenizer.truncate(content, limit)
+            elif self.tokenizer is not None:
                 content = self.tokenizer.convert_tokens_to_string(self.tokenizer.tokenize(content)[:limit])
             else:
                 content = " ".join(content.split()[:limit])
@@ -243,7 +251,7 @@ class PromptRenderer:
     def render(self, query: str, candidates: Sequence[Candidate]) -> Prompt:
         """`Prompt(messages, text)`; `text` is None without a tokenizer."""
         messages, raw = self._build(query, candidates)
-        if self.tokenizer is None:
+        if not self.can_template:
             return Prompt(messages, None)
         # Byte-identical to upstream: the template over the unfixed query, then the whole string fixed.
         text = self.tokenizer.apply_chat_template(raw, tokenize=False, add_generation_prompt=True,

@@ -37,9 +37,11 @@ def Reranker(
     id; `backend` is llamacpp, hf, vllm or openai (guessed from the model when omitted). `method` is
     `sliding` (the paper's sliding window, the default) or `tdpart` (top-down partitioning, fewer calls).
 
-    Over HTTP (openai), a known tokenizer (`tokenizer=`, or the registry's for a friendly name) makes
-    the prompt the exact text rendered here, sent to the completions endpoint with no server template,
-    passages cut in model tokens; without one the server gets chat messages (the run summary says so).
+    Over HTTP (openai), a known tokenizer (`tokenizer=`, the registry's for a friendly name, or else the
+    server's own tokenize endpoints: vLLM, SGLang, llama.cpp) makes the prompt the exact text rendered
+    here, sent to the completions endpoint with no server template, passages cut in model tokens. A
+    server that can tokenize but not template (llama-cpp-python) gets chat messages with passages cut
+    in its tokens; one with no tokenizer at all gets chat messages (the run summary says which).
     """
     from reasonrank.backends.factory import get_backend, tokenizer_source
     from reasonrank.backends.models import resolve
@@ -56,9 +58,9 @@ def Reranker(
     template = load_template(mode)  # before the model loads: a wrong mode fails at once
     engine = get_backend(backend, model, **backend_options)
     source = tokenizer or tokenizer_source(engine.name, model)
-    tok = load_tokenizer(source) if source else _registry_tokenizer(model) if engine.name == "openai" else None
+    tok = load_tokenizer(source) if source else _http_tokenizer(engine, model) if engine.name == "openai" else None
     renderer = PromptRenderer(tok, mode=template, max_passage_tokens=max_passage_tokens)
-    if engine.name == "openai" and renderer.tokenizer is not None:
+    if engine.name == "openai" and renderer.can_template:
         engine.use_completions = True  # the exact rendered prompt, not the server's chat template
     if not isinstance(journal, Journal):
         journal = Journal(journal)
@@ -66,6 +68,17 @@ def Reranker(
         engine, renderer, top_k=top_k, window=window, step=step, passes=passes,
         params=SamplingParams(max_new_tokens=max_new_tokens), journal=journal, progress=progress,
     )
+
+
+def _http_tokenizer(engine, model: str | None):
+    """For a server: the registry's tokenizer for a friendly name, else the server's own (its
+    tokenize endpoints), else None (chat messages, passages cut in words)."""
+    from reasonrank.backends.server_tokenizer import probe
+
+    tok = _registry_tokenizer(model)
+    if tok is None:
+        tok = probe(engine.base_urls[0], engine.model, engine.auth_headers())
+    return tok
 
 
 def _registry_tokenizer(model: str | None):

@@ -101,9 +101,12 @@ class ListwiseReranker:
         self.journal = journal or Journal(None)
         self.progress = progress
         self.stats = RunStats(method=self.method, prompt_format=_prompt_format(backend, renderer))
-        if self.stats.prompt_format == "messages":
+        if self.stats.prompt_format == "messages" and renderer.tokenizer is None:
             log.warning("prompts go to %s as chat messages: no tokenizer is known for %s, so the server's chat template "
                         "applies and passages are cut in words, not model tokens (pass --tokenizer)", backend.name, backend.model)
+        elif self.stats.prompt_format == "messages":
+            log.warning("prompts go to %s as chat messages, with passages cut in its own tokens: the server cannot "
+                        "render its chat template over HTTP, so its chat handler applies it", backend.name)
         self._settings = json.dumps([renderer.mode, self.params.max_new_tokens, self.params.temperature, self.params.seed])
 
     def close(self) -> None:
@@ -218,7 +221,7 @@ class ListwiseReranker:
 
 def _prompt_format(backend, renderer) -> str:
     """`messages` when the backend will send chat messages to a server's template, else `text`."""
-    if getattr(backend, "name", "") == "openai" and not (getattr(backend, "use_completions", False) and renderer.tokenizer is not None):
+    if getattr(backend, "name", "") == "openai" and not (getattr(backend, "use_completions", False) and renderer.can_template):
         return "messages"
     return "text"
 
