@@ -97,6 +97,26 @@ def llama_cpp_server(model: Path, n_ctx: int = 4096, n_threads: int = TEST_THREA
         stop_process(proc)
 
 
+class JSONHandler(BaseHTTPRequestHandler):
+    """Base request handler for the test servers here: HTTP/1.1, quiet, `send_json` and `read_json`."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def read_json(self) -> dict:
+        return json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+
+    def send_json(self, status: int, data) -> None:
+        raw = json.dumps(data).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(raw)))
+        self.end_headers()
+        self.wfile.write(raw)
+
+
 class LoopbackHTTPServer:
     """A threading HTTP server on a random 127.0.0.1 port, serving `handler` from a daemon thread while
     used as a context manager; `base_url` is its /v1 root."""
@@ -133,12 +153,7 @@ class FaultServer(LoopbackHTTPServer):
         self.lock = threading.Lock()
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):  # quiet
-                pass
-
+        class Handler(JSONHandler):
             def do_GET(self):
                 self._send(200, json.dumps({"data": [{"id": "fake"}]}).encode())
 

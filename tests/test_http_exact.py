@@ -5,8 +5,6 @@ that refuses them gets the request again without them, once, and the run summary
 
 from __future__ import annotations
 
-import json
-from http.server import BaseHTTPRequestHandler
 
 import pytest
 
@@ -15,7 +13,7 @@ from reasonrank.backends.openai_compat import OpenAIBackend, pinned_fields, serv
 from reasonrank.prompts import PromptRenderer
 from reasonrank.rerankers import METHODS, Reranker
 from reasonrank.types import Candidate, Query, Request
-from servers import LoopbackHTTPServer, TEST_THREADS, embedded_gguf, embedded_tokenizer, llama_cpp_server, shared_llama_backend
+from servers import JSONHandler, LoopbackHTTPServer, TEST_THREADS, embedded_gguf, embedded_tokenizer, llama_cpp_server, shared_llama_backend
 
 
 def test_pins_are_each_servers_own_names():
@@ -38,32 +36,19 @@ class StrictServer(LoopbackHTTPServer):
         self.bodies: list[dict] = []
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
+        class Handler(JSONHandler):
             def do_GET(self):
-                self._send(200, {"object": "list", "data": [{"id": "gpt-x", "owned_by": "openai"}]})
+                self.send_json(200, {"object": "list", "data": [{"id": "gpt-x", "owned_by": "openai"}]})
 
             def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                body = self.read_json()
                 server.bodies.append(body)
                 unknown = sorted(set(body) - StrictServer.KNOWN)
                 if unknown:
-                    return self._send(400, {"error": {"message": f"Unrecognized request argument supplied: {unknown[0]}",
-                                                      "type": "invalid_request_error"}})
+                    return self.send_json(400, {"error": {"message": f"Unrecognized request argument supplied: {unknown[0]}",
+                                                          "type": "invalid_request_error"}})
                 usage = {"prompt_tokens": 5, "completion_tokens": 2}
-                self._send(200, {"choices": [{"message": {"content": "[1] > [2]"}, "finish_reason": "stop"}], "usage": usage})
-
-            def _send(self, status, data):
-                payload = json.dumps(data).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+                self.send_json(200, {"choices": [{"message": {"content": "[1] > [2]"}, "finish_reason": "stop"}], "usage": usage})
 
         super().__init__(Handler)
 

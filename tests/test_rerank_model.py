@@ -20,6 +20,20 @@ pytestmark = [pytest.mark.model, needs_data, pytest.mark.skipif(not qwen_gguf_pa
 ARGS = ["--top-k", "6", "--window", "4", "--step", "2", "--max-new-tokens", "24", "--max-passage-tokens", "30", "--threads", "1"]
 
 
+def kill_once_journaled(proc: subprocess.Popen, journal: Path, output: Path, windows: int = 2) -> None:
+    """SIGKILL `proc` once its journal holds `windows` lines (unless it finished first): the run's output
+    must not exist yet, since it is written only at the end."""
+    deadline = time.time() + 900
+    while time.time() < deadline and proc.poll() is None:
+        if journal.exists() and len(journal.read_text().splitlines()) >= windows:
+            break
+        time.sleep(0.2)
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert not output.exists()
+
+
 @pytest.fixture(scope="module")
 def first_stage(tmp_path_factory):
     coll = load_collection(SCIFACT)
@@ -45,15 +59,7 @@ def test_rerank_cli_then_kill_and_resume_gives_identical_output(first_stage, tmp
 
     journal = tmp_path / "killed.jsonl"
     proc = cli("--run", str(first_stage), "-o", str(tmp_path / "resumed.trec"), "--traces", str(journal), *ARGS)
-    deadline = time.time() + 900
-    while time.time() < deadline and proc.poll() is None:
-        if journal.exists() and len(journal.read_text().splitlines()) >= 2:
-            break
-        time.sleep(0.2)
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        assert not (tmp_path / "resumed.trec").exists()
+    kill_once_journaled(proc, journal, tmp_path / "resumed.trec")
     done = len(journal.read_text().splitlines())
     assert 2 <= done <= 4
     resumed = cli("--run", str(first_stage), "-o", str(tmp_path / "resumed.trec"), "--traces", str(journal), *ARGS)

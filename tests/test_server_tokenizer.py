@@ -8,18 +8,14 @@ answers in their documented shapes with the embedded model's real tokenizer."""
 
 from __future__ import annotations
 
-import json
-from http.server import BaseHTTPRequestHandler
-
 import pytest
 
 from reasonrank.backends.base import SamplingParams
 from reasonrank.backends.server_tokenizer import ServerTokenizer, probe
 from reasonrank.prompts import PromptRenderer
 from reasonrank.rerankers import Reranker
-from reasonrank.types import Candidate
 from _data import SCIFACT, needs_data
-from servers import LoopbackHTTPServer, embedded_gguf, embedded_tokenizer, llama_cpp_server, shared_llama_backend
+from servers import JSONHandler, LoopbackHTTPServer, embedded_gguf, embedded_tokenizer, llama_cpp_server, shared_llama_backend
 
 pytestmark = [pytest.mark.model, needs_data,
               pytest.mark.skipif(embedded_gguf() is None, reason="embedded model not assembled")]
@@ -60,7 +56,7 @@ def test_llama_cpp_python_server_cuts_passages_as_the_local_tokenizer_does(llama
 def test_a_server_with_a_tokenizer_but_no_template_gets_messages_cut_in_its_tokens(llama_server, scifact):
     """llama-cpp-python templates the messages with the GGUF's own template: the server counts the
     same prompt tokens as the in-process engine does for the locally rendered prompt."""
-    cands = [Candidate(d.docid, d.text, title=d.title) for _, d in zip(range(5), scifact.docs())]
+    cands = [d.to_candidate(0.0) for _, d in zip(range(5), scifact.docs())]
     reranker = Reranker("some-local-gguf", "openai", base_urls=[llama_server], max_passage_tokens=30,
                         max_new_tokens=4, window=5, step=5, top_k=5)
     assert isinstance(reranker.renderer.tokenizer, ServerTokenizer)
@@ -102,35 +98,22 @@ class TokenizerEndpointsDouble(LoopbackHTTPServer):
             routes["/apply-template"] = lambda body: {"prompt": tok.apply_chat_template(
                 body["messages"], tokenize=False, add_generation_prompt=True)}
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
+        class Handler(JSONHandler):
             def do_GET(self):
-                self._send(200, {"object": "list", "data": [{"id": "served", "owned_by": owned_by}]})
+                self.send_json(200, {"object": "list", "data": [{"id": "served", "owned_by": owned_by}]})
 
             def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                body = self.read_json()
                 server.paths.append(self.path)
                 route = routes.get(self.path)
-                self._send(200, route(body)) if route else self._send(404, {"error": "not found"})
-
-            def _send(self, status, data):
-                raw = json.dumps(data).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(raw)))
-                self.end_headers()
-                self.wfile.write(raw)
+                self.send_json(200, route(body)) if route else self.send_json(404, {"error": "not found"})
 
         super().__init__(Handler)
 
 
 @pytest.mark.parametrize("kind", ["vllm", "llama.cpp"])
 def test_a_server_that_renders_its_template_gets_the_exact_prompt(kind, scifact):
-    cands = [Candidate(d.docid, d.text, title=d.title) for _, d in zip(range(4), scifact.docs())]
+    cands = [d.to_candidate(0.0) for _, d in zip(range(4), scifact.docs())]
     with TokenizerEndpointsDouble(kind) as double:
         reranker = Reranker("served", "openai", base_urls=[double.base_url], max_passage_tokens=40,
                             max_new_tokens=4, window=4, step=4, top_k=4)
@@ -142,21 +125,12 @@ def test_a_server_that_renders_its_template_gets_the_exact_prompt(kind, scifact)
 
 
 def test_a_server_without_tokenizer_endpoints_gets_words():
-    class NoTokenizer(BaseHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
+    class NoTokenizer(JSONHandler):
         def do_GET(self):
-            raw = json.dumps({"data": [{"id": "gpt-x", "owned_by": "openai"}]}).encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(raw)))
-            self.end_headers()
-            self.wfile.write(raw)
+            self.send_json(200, {"data": [{"id": "gpt-x", "owned_by": "openai"}]})
 
         def do_POST(self):
-            self.send_response(404)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
+            self.send_json(404, {"error": "not found"})
 
     with LoopbackHTTPServer(NoTokenizer) as server:
         assert probe(server.base_url, "gpt-x") is None

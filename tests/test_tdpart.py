@@ -48,6 +48,26 @@ def test_exact_window_sequence_of_a_small_case(tmp_path):
         ("tdpart", "recursion"), ("tdpart", "partition"), ("tdpart", "recursion")]
 
 
+def star_first(n, user):
+    """Passages whose text is STAR first, the rest in input order (identity when there is none)."""
+    passages = re.findall(r"^\[(\d+)\] (.*)$", user, flags=re.M)
+    stars = [int(i) for i, text in passages if text == "STAR"]
+    order = stars + [i for i in range(1, n + 1) if i not in stars]
+    return "<think>x</think><answer>" + " > ".join(f"[{i}]" for i in order) + "</answer>"
+
+
+def test_a_short_last_partition_is_held_back_for_the_final_window():
+    backend = ScriptedBackend(star_first)
+    cands = [Candidate(c.docid, c.score, "STAR" if i == 7 else c.text) for i, c in enumerate(request("q", 11).candidates)]
+    result = make(backend, top_k=11, window=5, k=2).rerank("x", cands)
+    # first window, pivot d1; one partition of 4 + the pivot where d7 beats it; d9 and d10 (a short
+    # partition) are held back and ranked with those above the pivot and the pivot itself
+    assert windows(result) == [["0", "1", "2", "3", "4"], ["1", "5", "6", "7", "8"], ["0", "7", "1", "9", "10"]]
+    assert [t.pass_index for t in result.traces] == [0, 0, 1]
+    # the final window's losers to the pivot (9, 10) stay after the partitions' losers
+    assert result.docids == [f"q-d{i}" for i in (7, 0, 1, 2, 3, 4, 5, 6, 8, 9, 10)]
+
+
 def test_list_no_longer_than_the_window_is_one_window_and_the_tail_keeps_its_order():
     backend = ScriptedBackend(reverse)
     result = make(backend, top_k=5, window=20).rerank("x", request("q", 8).candidates)
@@ -60,11 +80,14 @@ def test_garbled_windows_keep_input_order_put_competitors_below_the_pivot_and_ar
     reranker = make(backend)
     results = reranker.rerank_batch([request("a", 100), request("b", 100)])
     assert [r.docids for r in results] == [[f"{q}-d{i}" for i in range(100)] for q in "ab"]
-    # 1 first window + ceil(80 / 19) = 5 partitions per query, nothing beat the pivot: no recursion;
-    # the first windows of both queries are one batch, then all ten partitions
-    assert backend.batches == [2, 10]
+    # per query 1 first window, 4 partitions of 19 + the pivot, and the final window (the 9 above the
+    # pivot, the pivot, the 4 held back); the first windows of both queries are one batch, then all
+    # eight partitions, then both final windows
+    assert backend.batches == [2, 8, 2]
     assert reranker.stats.windows == 12 and dict(reranker.stats.status) == {"no_answer": 12}
-    assert all(t.docids[0] == f"{q}-d9" for q, r in zip("ab", results) for t in r.traces[1:])  # pivot first
+    assert all(t.docids[0] == f"{q}-d9" for q, r in zip("ab", results) for t in r.traces[1:5])  # pivot first
+    assert all(t.docids == [f"{q}-d{i}" for i in (*range(10), 96, 97, 98, 99)] for q, r in zip("ab", results)
+               for t in r.traces[5:])
 
 
 def test_backend_errors_are_counted_and_change_nothing():
@@ -79,14 +102,21 @@ def test_call_counts_at_depth_100_best_and_worst_case():
     sliding = ScriptedBackend(reverse)
     ListwiseReranker(sliding, PromptRenderer(None, max_passage_tokens=None)).rerank("x", request("q", 100).candidates)
     assert sum(sliding.batches) == 9
-    # nothing beats the pivot (a first-stage order the model agrees with): 1 + 5 windows
-    agree = ScriptedBackend(lambda n, _: "<think>x</think><answer>" + " > ".join(f"[{i}]" for i in range(1, n + 1)) + "</answer>")
+    # nothing beats the pivot (a first-stage order the model agrees with): 1 + 4 + the final window
+    agree = ScriptedBackend(star_first)
     make(agree).rerank("x", request("q", 100).candidates)
-    assert agree.batches == [1, 5]
+    assert agree.batches == [1, 4, 1]
+    # up to 6 passages beating the pivot cost nothing more: they fit in the final window (9 + 6 + 1 + 4)
+    six = ScriptedBackend(star_first)
+    stars = {25, 40, 41, 60, 77, 95}
+    result = make(six).rerank("x", [Candidate(c.docid, c.score, "STAR" if i in stars else c.text)
+                                    for i, c in enumerate(request("q", 100).candidates)])
+    assert six.batches == [1, 4, 1] and set(result.docids[:6]) == {f"q-d{i}" for i in stars}
     # reversal is the worst case: every newcomer beats every pivot, each recursion settles only 11
+    # (27 windows in 16 sequential steps)
     worst = ScriptedBackend(reverse)
     result = make(worst).rerank("x", request("q", 100).candidates)
-    assert sum(worst.batches) == 31 and sorted(result.docids) == sorted(f"q-d{i}" for i in range(100))
+    assert sum(worst.batches) == 27 and sorted(result.docids) == sorted(f"q-d{i}" for i in range(100))
 
 
 def test_killed_run_resumes_from_the_journal(tmp_path):

@@ -2,13 +2,11 @@
 then a run killed midway and resumed from its journal gives the same output."""
 
 import json
-import signal
-import time
 
 import pytest
 from _data import needs_data
 from conftest import qwen_gguf_path
-from test_rerank_model import ARGS, cli, first_stage  # noqa: F401 (first_stage is a fixture)
+from test_rerank_model import ARGS, cli, first_stage, kill_once_journaled  # noqa: F401 (first_stage is a fixture)
 
 from reasonrank.io import read_run
 
@@ -30,15 +28,7 @@ def test_tdpart_cli_then_kill_and_resume_gives_identical_output(first_stage, tmp
 
     journal = tmp_path / "killed.jsonl"
     proc = cli("--run", str(first_stage), "-o", str(tmp_path / "resumed.trec"), "--traces", str(journal), *ARGS, *method)
-    deadline = time.time() + 900
-    while time.time() < deadline and proc.poll() is None:
-        if journal.exists() and len(journal.read_text().splitlines()) >= 2:
-            break
-        time.sleep(0.2)
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        assert not (tmp_path / "resumed.trec").exists()
+    kill_once_journaled(proc, journal, tmp_path / "resumed.trec")
     done = len(journal.read_text().splitlines())
     assert 2 <= done <= len(rows)
     resumed = cli("--run", str(first_stage), "-o", str(tmp_path / "resumed.trec"), "--traces", str(journal), *ARGS, *method)

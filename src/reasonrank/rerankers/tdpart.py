@@ -11,11 +11,19 @@ The sliding window carries relevant passages up from the bottom in overlapping w
 4. if no candidate beat the pivot, the top k are settled; else the candidates above the pivot (the
    top window's and the collected ones, in that order) are reranked the same way (role `recursion`).
 
+A short last partition (fewer than `window - k` candidates: 4 at top-100, window 20) is not a window
+of its own: those candidates are held back and ranked in one final window together with the pivot and
+everything above it (role `recursion`). That window settles the top k whether or not anything beat
+the pivot, so a query costs the same calls either way: at top-100, window 20, k 10, 1 first window,
+4 partitions of 19 plus the pivot, and 1 final window of 14 + m passages (m: how many beat the pivot)
+= 6 calls while m <= 6, against the sliding window's 9; more when m > 6 (the final group is then
+itself partitioned). Without the hold-back it would be 1 + 5 + (1 if m > 0). Every candidate is still
+ranked against the pivot or in the final window: nothing is left at its first-stage place unseen.
+
 The result is the settled top, then the pivot, then everything placed below it in the order the
 windows left it, then the candidates beyond the reranked depth. A garbled answer keeps the window's
 input order, which puts every competitor below the pivot: the window changes nothing, and it is
-counted in the run's parse statuses. For top-100, window 20, k 10 that is 1 + 5 windows when nothing
-beats the pivot, 1 + 5 + 1 when up to 11 candidates do.
+counted in the run's parse statuses.
 
 Each query is a generator that yields the windows it needs next and receives their orders back;
 the driver batches the pending windows of all queries, so a partition step of 50 queries is one
@@ -43,26 +51,45 @@ def _reordered(window: list[Candidate], trace: WindowTrace) -> list[Candidate]:
 
 def partition_plan(candidates: list[Candidate], k: int, window: int, depth: int = 0) -> Plan:
     """Top-down partitioning of `candidates` (all of them are reranked) so that the top k are settled."""
+    role = FIRST if depth == 0 else RECURSION
     if len(candidates) <= window:
-        (trace,) = yield [(FIRST if depth == 0 else RECURSION, candidates)]
+        (trace,) = yield [(role, candidates)]
         return _reordered(candidates, trace)
     top = candidates[:window]
-    (trace,) = yield [(FIRST if depth == 0 else RECURSION, top)]
+    (trace,) = yield [(role, top)]
     ranked = _reordered(top, trace)
     pivot = ranked[k - 1]
     above, below = ranked[:k - 1], ranked[k:]
-    rest = candidates[window:]
-    chunks = [[pivot, *rest[i:i + window - 1]] for i in range(0, len(rest), window - 1)]
-    traces = yield [(PARTITION, chunk) for chunk in chunks]
+    rest, size = candidates[window:], window - 1
+    # A short last partition would be a call of its own: when it fits, its candidates are held back
+    # for the final window instead (those above the pivot, the pivot, and them), which settles the top
+    # k in the same call that reranks whatever beat the pivot (module docstring).
+    spare = len(rest) % size
+    held = rest[len(rest) - spare:] if 0 < spare <= window - k - 1 else []
+    rest = rest[:len(rest) - len(held)]
+    chunks = [[pivot, *rest[i:i + size]] for i in range(0, len(rest), size)]
+    traces = (yield [(PARTITION, chunk) for chunk in chunks]) if chunks else []
     for chunk, t in zip(chunks, traces):
         order = _reordered(chunk, t)
-        at = next(j for j, c in enumerate(order) if c is pivot)  # identity: two passages may be equal in value
+        at = _index(order, pivot)
         above += order[:at]
         below += order[at + 1:]
+    if held:
+        group = yield from partition_plan([*above, pivot, *held], k, window, depth + 1)
+        at = _index(group, pivot)
+        lost = {id(c) for c in held}
+        after = group[at + 1:]
+        # held candidates that lose to the pivot were last in the first stage: they stay after every
+        # partition's losers (so a garbled final window changes nothing)
+        return [*group[:at + 1], *(c for c in after if id(c) not in lost), *below, *(c for c in after if id(c) in lost)]
     if len(above) > k - 1:
         # the pivot lost its rank k: the top k are among those above it, which compete again
         above = yield from partition_plan(above, k, window, depth + 1)
     return [*above, pivot, *below]
+
+
+def _index(order: list[Candidate], pivot: Candidate) -> int:
+    return next(j for j, c in enumerate(order) if c is pivot)  # identity: two passages may be equal in value
 
 
 class TopDownPartitionReranker(ListwiseReranker):
