@@ -115,7 +115,9 @@ class ServerTokenizer:
 
 
 def probe(base_url: str, model: str, headers: dict[str, str] | None = None, timeout: float = 30.0) -> ServerTokenizer | None:
-    """The server's tokenizer, or None when it exposes none (OpenAI's API, most hosted services)."""
+    """The server's tokenizer, or None when it exposes none. Only servers that say what they are in
+    GET /models (`owned_by`: vllm, sglang, llamacpp, or llama-cpp-python's "me") are asked; hosted
+    APIs (OpenAI's, most others) are not sent requests that would only 404."""
     from reasonrank.backends.openai_compat import server_kind
 
     httpx = require("httpx", "openai", "The server's tokenizer")
@@ -124,9 +126,10 @@ def probe(base_url: str, model: str, headers: dict[str, str] | None = None, time
     except (httpx.HTTPError, ValueError) as exc:
         log.info("no tokenizer from %s: %s", base_url, exc)
         return None
-    for candidate in ([kind] if kind in _ENDPOINTS else list(_ENDPOINTS)):
-        try:
-            return ServerTokenizer(base_url, model, candidate, headers, timeout)
-        except (httpx.HTTPError, ReasonRankError, ValueError, KeyError, TypeError) as exc:
-            log.info("no %s tokenizer endpoints at %s: %s", candidate, base_url, exc)
-    return None
+    if kind not in _ENDPOINTS:  # a hosted API (OpenAI's, DeepSeek's, ...): nothing to ask it
+        return None
+    try:
+        return ServerTokenizer(base_url, model, kind, headers, timeout)
+    except (httpx.HTTPError, ReasonRankError, ValueError, KeyError, TypeError) as exc:
+        log.warning("the %s server at %s answers no tokenize request (%s): passages are cut in words", kind, base_url, exc)
+        return None
