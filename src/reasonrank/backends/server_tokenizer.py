@@ -46,7 +46,6 @@ class ServerTokenizer:
         self._client = httpx.Client(timeout=timeout, headers=headers or {})
         self._tok_path, self._tok_body, self._tok_key, self._detok_path, self._text_key, self._template_path = _ENDPOINTS[kind]
         self._bos = self._post(self._tok_path, self._tok_body(""))[self._tok_key]  # what the server adds to any text
-        self.requests = 1
 
     @property
     def can_template(self) -> bool:
@@ -62,12 +61,10 @@ class ServerTokenizer:
         return response.json()
 
     def tokenize(self, text: str) -> list[int]:
-        self.requests += 1
         ids = self._post(self._tok_path, self._tok_body(text))[self._tok_key]
         return ids[len(self._bos):] if self._bos and ids[:len(self._bos)] == self._bos else ids
 
     def _decode(self, ids: list[int]) -> str:
-        self.requests += 1
         return self._post(self._detok_path, {"tokens": ids})[self._text_key]
 
     def convert_tokens_to_string(self, ids: list[int]) -> str:
@@ -82,7 +79,6 @@ class ServerTokenizer:
         ids = self.tokenize(text)
         if len(ids) <= limit:
             return self._decode(ids)
-        whole = self._decode(ids)
         for back in range(4):  # a UTF-8 character spans at most 4 byte-level tokens
             try:
                 head = self._decode(ids[:limit - back])
@@ -93,6 +89,7 @@ class ServerTokenizer:
                     raise
         if back:  # the stepped-over tokens held the partial character, after the space BPE merges into them
             return head + tail[:len(tail) - len(tail.lstrip())] + "\ufffd"
+        whole = self._decode(ids)
         rest = whole[len(head):] if whole.startswith(head) else ""
         # (a leading space that a SentencePiece decode drops from the tail is not a split)
         if rest and rest.lstrip()[:1] != tail.lstrip()[:1] and not head.endswith("\ufffd"):
@@ -102,7 +99,6 @@ class ServerTokenizer:
     def apply_chat_template(self, messages, tokenize: bool = False, add_generation_prompt: bool = True, **kwargs) -> str:
         if not self.can_template:
             raise ReasonRankError(f"a {self.kind} server does not render its chat template over HTTP")
-        self.requests += 1
         if self.kind == "llama.cpp":
             return self._post("/apply-template", {"messages": messages})["prompt"]
         body = {"messages": messages, "add_generation_prompt": add_generation_prompt, "add_special_tokens": False}
