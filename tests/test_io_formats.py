@@ -1,4 +1,5 @@
-"""Real file shapes: doc ids with spaces, R2MED's native layout, qrels told apart by content, no import circle."""
+"""Real file shapes: doc ids with spaces, R2MED's native layout, qrels told apart by content; no import circle in
+reasonrank.io or reasonrank.synthesis."""
 
 import ast
 import gzip
@@ -262,10 +263,10 @@ def test_not_a_collection_message_names_r2med_files(tmp_path):
 # --- import structure -----------------------------------------------------------------------------
 
 
-def io_import_graph() -> dict[str, set[str]]:
-    """Module -> io modules it imports, counting imports inside functions too."""
-    root = Path(reasonrank.io.__file__).parent
-    modules = {"reasonrank.io" if p.stem == "__init__" else f"reasonrank.io.{p.stem}": p for p in root.glob("*.py")}
+def import_graph(package: str) -> dict[str, set[str]]:
+    """Module -> modules of the same package it imports, counting imports inside functions too."""
+    root = Path(reasonrank.__file__).parent.joinpath(*package.split(".")[1:])
+    modules = {package if p.stem == "__init__" else f"{package}.{p.stem}": p for p in root.glob("*.py")}
     graph = {}
     for name, path in modules.items():
         deps = set()
@@ -279,15 +280,30 @@ def io_import_graph() -> dict[str, set[str]]:
     return graph
 
 
-def test_io_has_no_import_circle():
-    graph = io_import_graph()
-    assert "reasonrank.io.beir" in graph["reasonrank.io.load"]  # the graph sees what it should
+def assert_no_circle(package: str, graph: dict[str, set[str]]) -> None:
     try:
         list(TopologicalSorter(graph).static_order())
     except CycleError as exc:
-        pytest.fail(f"import circle in reasonrank.io: {' -> '.join(exc.args[1])}")
+        pytest.fail(f"import circle in {package}: {' -> '.join(exc.args[1])}")
+
+
+def test_io_has_no_import_circle():
+    graph = import_graph("reasonrank.io")
+    assert "reasonrank.io.beir" in graph["reasonrank.io.load"]  # the graph sees what it should
+    assert_no_circle("reasonrank.io", graph)
     for reader in ("beir", "bright", "r2med", "load"):  # the collection readers build Collections
         assert f"reasonrank.io.{reader}" not in graph["reasonrank.io.collection"]
+
+
+def test_synthesis_has_no_import_circle():
+    """export runs after the filter (and runs it when it has not run): export -> pipeline, never back;
+    `chain.run_all`, which runs every stage, sits above both (issue 18)."""
+    graph = import_graph("reasonrank.synthesis")
+    s = "reasonrank.synthesis"
+    assert f"{s}.pipeline" in graph[f"{s}.export"] and f"{s}.export" in graph[f"{s}.chain"]  # the graph sees what it should
+    assert_no_circle(s, graph)
+    assert f"{s}.chain" not in graph[f"{s}.pipeline"] | graph[f"{s}.export"]
+    assert s not in set().union(*(deps for name, deps in graph.items() if name != s))  # no stage imports the package
 
 
 def test_public_import_paths():

@@ -1,7 +1,8 @@
 """Evaluation on ir-measures (pytrec_eval underneath); the BRIGHT protocol; tables.
 
 Measures are values, as in ir_measures: `nDCG@10`, `R@100`, `RR@10`, `AP`. The common spellings
-`Recall@k`, `MRR@k` and `MAP` are accepted and reported under the name the user wrote.
+`Recall@k`, `MRR@k` and `MAP` are accepted and reported under the name the user wrote. Names of one
+measure (`MAP` and `AP`) are computed once and reported under each name; a name given twice, once.
 """
 
 from __future__ import annotations
@@ -67,17 +68,21 @@ def evaluate(
     averaged over only the evaluated queries; unjudged queries in the run are ignored."""
     if excluded:
         run = remove_excluded(run, excluded)
+    measures = list(dict.fromkeys(measures))  # a name given twice is one column
     parsed = {name: parse_measure(name) for name in measures}
-    by_measure = {m: name for name, m in parsed.items()}
+    names_of: dict = {}  # measure -> every name it was asked by (MAP and AP are one measure)
+    for name, m in parsed.items():
+        names_of.setdefault(m, []).append(name)
     qrels = {q: dict(d) for q, d in qrels.items() if d}
     run = {q: dict(d) for q, d in run.items() if q in qrels and d}
     per_query: dict[str, dict[str, float]] = {q: {} for q in run}
     # ir-measures scores judged queries absent from the run as 0; we report them as missing instead
-    for metric in ir_measures.iter_calc(list(parsed.values()), {q: qrels[q] for q in run}, run):
-        per_query[metric.query_id][by_measure[metric.measure]] = float(metric.value)
+    for metric in ir_measures.iter_calc(list(names_of), {q: qrels[q] for q in run}, run):
+        for name in names_of[metric.measure]:
+            per_query[metric.query_id][name] = float(metric.value)
     aggregate = {name: mean(pq[name] for pq in per_query.values()) if per_query else 0.0 for name in measures}
     missing = sorted(set(qrels) - set(run))
-    return Evaluation(list(measures), per_query, aggregate, len(qrels), missing)
+    return Evaluation(measures, per_query, aggregate, len(qrels), missing)
 
 
 def format_table(rows: Mapping[str, Mapping[str, float]], measures: Sequence[str], fmt: str = "text", scale: float = 100.0, average: bool = True) -> str:

@@ -7,14 +7,13 @@ reasoning) → filter (self-consistency: nDCG@10 ≥ alpha) → export (released
 `import_released` brings the published data (reasonrank_data_13k layout) into a run.
 """
 
+from reasonrank.synthesis.chain import SynthesisConfig, run_all
 from reasonrank.synthesis.export import import_released, run_export
 from reasonrank.synthesis.mining import load_mining_template, mining_messages, parse_mining
 from reasonrank.synthesis.pipeline import (
     DEFAULT_ALPHA,
-    SynthesisConfig,
     build_window,
     consistency_scores,
-    run_all,
     run_candidates,
     run_filter,
     run_label,

@@ -248,7 +248,7 @@ def run_cmd(run: Path = RunOpt, source: Optional[List[str]] = SourceOpt, corpus:
             top_p: float = TopPOpt, seed: int = SeedOpt, price_prompt: float = PriceInOpt, price_completion: float = PriceOutOpt,
             extra_body: Optional[str] = ExtraOpt, server_slots: int = SlotsOpt, no_cache: bool = NoCacheOpt):
     """All stages: sources → candidates → mine → label → filter → export (each resumes)."""
-    from reasonrank.synthesis.pipeline import SynthesisConfig, run_all
+    from reasonrank.synthesis.chain import SynthesisConfig, run_all
 
     specs = _specs(source, corpus, task, split, limit, sources_file)
     if not specs and not (run / "sources.json").exists():
