@@ -17,8 +17,11 @@ from reasonrank.rerankers.listwise import ListwiseReranker
 from reasonrank.types import Candidate, Query, Request
 from reasonrank.windows import window_schedule
 
+from doubles import DoubleBackend
+from reasonrank.backends.base import Capabilities
 
-class ScriptedBackend:
+
+class ScriptedBackend(DoubleBackend):
     """Test double: answers each window with `answer(n, prompt_text)`; records batch sizes."""
 
     name = "scripted"
@@ -116,10 +119,11 @@ def test_journal_resume_skips_finished_windows(tmp_path):
     full_backend = ScriptedBackend(reverse)
     with Journal(path) as journal:
         expected = make(full_backend, journal=journal).rerank_batch([request("a", 100), request("b", 40)])
-    lines = path.read_text().splitlines()
+    header, *lines = path.read_text().splitlines()
+    assert json.loads(header)["reasonrank_journal"] == 2
     assert len(lines) == 9 + 3
     # simulate a crash: keep the first 5 windows and half of the 6th line
-    path.write_text("\n".join(lines[:5]) + "\n" + lines[5][: len(lines[5]) // 2])
+    path.write_text("\n".join([header, *lines[:5]]) + "\n" + lines[5][: len(lines[5]) // 2])
     resumed_backend = ScriptedBackend(reverse)
     journal = Journal(path)
     assert journal.corrupt_lines == 1
@@ -127,14 +131,69 @@ def test_journal_resume_skips_finished_windows(tmp_path):
     resumed = reranker.rerank_batch([request("a", 100), request("b", 40)])
     journal.close()
     assert [r.docids for r in resumed] == [r.docids for r in expected]
+    assert expected[0].docids[:3] != request("a", 100).candidates[:3]  # the answers are not the input order
     assert sum(resumed_backend.batches) == 12 - 5
     assert reranker.stats.resumed_windows == 5
     # a second rerun needs no model call at all
     again = ScriptedBackend(reverse)
     make(again, journal=Journal(path)).rerank_batch([request("a", 100), request("b", 40)])
     assert again.batches == []
-    row = json.loads(path.read_text().splitlines()[0])
-    assert {"prompt_hash", "raw_output", "reasoning", "permutation", "status", "prompt_tokens", "completion_tokens", "seconds"} <= set(row)
+    row = json.loads(path.read_text().splitlines()[1])
+    assert {"prompt_hash", "raw_output", "reasoning", "permutation", "status", "prompt_tokens", "completion_tokens", "seconds",
+            "docids", "output_docids", "method", "role"} <= set(row)
+    assert row["output_docids"] == [row["docids"][p] for p in row["permutation"]]
+
+
+def test_failed_windows_are_recorded_but_retried(tmp_path):
+    from reasonrank.backends.base import Generation
+
+    path = tmp_path / "traces.jsonl"
+    down = ScriptedBackend(lambda n, _: Generation(text="", error="connection refused"))
+    with Journal(path) as journal:
+        reranker = make(down, journal=journal)
+        failed = reranker.rerank_batch([request("a", 40)])
+    assert reranker.stats.to_dict()["failed_windows"] == 3
+    assert failed[0].docids == [c.docid for c in request("a", 40).candidates]
+    up = ScriptedBackend(reverse)
+    with Journal(path) as journal:
+        reranker = make(up, journal=journal)
+        result = reranker.rerank_batch([request("a", 40)])
+    assert sum(up.batches) == 3  # nothing reused: the first window is asked again, and the later ones
+    stats = reranker.stats.to_dict()  # see the order it produced, so their prompts are new
+    assert (stats["retried_windows"], stats["resumed_windows"], stats["failed_windows"]) == (1, 0, 0)
+    assert result[0].docids[0] == "a-d39"
+    again = ScriptedBackend(reverse)
+    with Journal(path) as journal:
+        make(again, journal=journal).rerank_batch([request("a", 40)])
+    assert again.batches == []  # now answered: resumed
+
+
+def test_a_journal_of_another_engine_is_refused(tmp_path):
+    from reasonrank.journal import JournalMismatch
+
+    path = tmp_path / "traces.jsonl"
+    with Journal(path, engine={"backend": "llamacpp", "model": "a.gguf"}) as journal:
+        make(ScriptedBackend(reverse), journal=journal).rerank_batch([request("a", 20)])
+    with pytest.raises(JournalMismatch, match=r"another engine.*backend: llamacpp -> hf"):
+        Journal(path, engine={"backend": "hf", "model": "a.gguf"})
+    with pytest.raises(JournalMismatch, match=r"lora: null -> "):
+        Journal(path, engine={"backend": "llamacpp", "model": "a.gguf", "lora": {"dir": "v2"}})
+    reused = ScriptedBackend(reverse)
+    with Journal(path, engine={"backend": "hf", "model": "a.gguf"}, policy="reuse") as journal:
+        make(reused, journal=journal).rerank_batch([request("a", 20)])
+    assert reused.batches == []  # opted in: the old answers are used
+    fresh = ScriptedBackend(reverse)
+    with Journal(path, engine={"backend": "hf", "model": "a.gguf"}, policy="fresh") as journal:
+        make(fresh, journal=journal).rerank_batch([request("a", 20)])
+    assert fresh.batches == [1]
+    assert json.loads(path.read_text().splitlines()[0])["engine"]["backend"] == "hf"
+
+
+def test_a_journal_without_a_file_keeps_nothing():
+    journal = Journal(None)
+    reranker = make(ScriptedBackend(reverse), journal=journal)
+    reranker.rerank_batch([request("a", 100)])
+    assert journal.done == {} and journal.failed == set()
 
 
 def test_bad_window_arguments_fail_before_running():
@@ -144,9 +203,9 @@ def test_bad_window_arguments_fail_before_running():
 
 def test_one_at_a_time_engines_get_the_step_in_chunks(tmp_path):
     backend = ScriptedBackend(reverse)
-    backend.batch_size = 2  # as llama.cpp declares 1 and hf its batch size
+    backend.capabilities = Capabilities(batch_size=2)  # as llama.cpp declares 1 and hf its batch size
     with Journal(tmp_path / "t.jsonl") as journal:
         results = make(backend, journal=journal).rerank_batch([request("a", 20), request("b", 20), request("c", 20)])
     assert backend.batches == [2, 1]
     assert [r.docids[0] for r in results] == ["a-d19", "b-d19", "c-d19"]
-    assert len((tmp_path / "t.jsonl").read_text().splitlines()) == 3
+    assert len((tmp_path / "t.jsonl").read_text().splitlines()) == 1 + 3

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from reasonrank.errors import ReasonRankError
+from reasonrank.spec import RerankerSpec, spec_options
 
 # pretty_exceptions off: a bug prints Python's plain traceback, not a 40-line box with typer's frames
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -42,6 +43,7 @@ def evaluate(
     fmt: str = typer.Option("text", "--format", "-f", help="text, markdown or json"),
     plain: bool = typer.Option(False, help="Ignore BRIGHT's excluded_ids (not the BRIGHT protocol)."),
     per_query: Optional[Path] = typer.Option(None, help="Write per-query values as JSON here."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Also write the table to this file."),
 ):
     """Evaluate runs. On a BRIGHT root each run is paired with --task, or its task is read from the file name."""
     from reasonrank.evaluation import evaluate as run_eval, format_table
@@ -69,7 +71,10 @@ def evaluate(
         if result.missing_queries:
             console.print(f"[yellow]{run_path}: {len(result.missing_queries)} judged queries have no results and are not averaged[/]")
         rows[label], details[label] = result.aggregate, result.to_dict()
-    print(format_table(rows, names, fmt))
+    table = format_table(rows, names, fmt)
+    print(table)
+    if output:
+        output.write_text(table + "\n", encoding="utf-8")
     if per_query:
         per_query.write_text(json.dumps(details, indent=1))
 
@@ -121,88 +126,69 @@ def collections(root: Optional[Path] = typer.Argument(None, help="A folder holdi
         print("\t".join([str(path), kind] + ([detail] if detail else [])))
 
 
-def _rerank_options(base_url, api_key_file, threads, n_ctx):
-    opts = {}
-    if base_url:
-        opts["base_urls"] = base_url
-    if api_key_file:
-        opts["api_key_file"] = api_key_file
-    if threads:
-        opts["n_threads"] = threads
-    if n_ctx:
-        opts["n_ctx"] = n_ctx
-    return opts
-
-
 def _print_summary(stats: dict) -> None:
     status = ", ".join(f"{k} {v}" for k, v in sorted(stats["parse_status"].items()))
     console.print(
         f"method {stats.get('method', 'sliding')}, prompts sent as {stats.get('prompt_format', 'text')}"
         + (f" (fields a strict server refused: {stats['dropped_fields']})" if stats.get("dropped_fields") else "") + "\n"
-        f"windows {stats['windows']} ({stats['resumed_windows']} resumed from the trace journal); parse status: {status}\n"
+        f"windows {stats['windows']} ({stats['resumed_windows']} resumed from the trace journal, {stats['retried_windows']} "
+        f"failed before and retried); parse status: {status}\n"
         f"seconds/query {stats['seconds_per_query']:.1f}; prompt tokens/query {stats['prompt_tokens_per_query']:.0f}; "
         f"generated tokens/query {stats['completion_tokens_per_query']:.0f}; framework overhead {stats['overhead_share']:.1%} of wall time",
         highlight=False,
     )
 
 
+def _fail_on_failed_windows(stats: dict, journal: str | None) -> None:
+    """Exit 1 when windows failed: their passages kept the first-stage order, which is not a reranking."""
+    failed = stats["failed_windows"]
+    if failed:
+        again = f"; rerun with --traces {journal} to retry only those" if journal else "; pass --traces to keep the rest when you retry"
+        _error(f"{failed} of {stats['windows']} windows failed (backend_error: the engine or server did not answer), so their "
+               f"passages keep the first-stage order{again}")
+        raise typer.Exit(1)
+
+
 @app.command()
+@spec_options()
 def rerank(
     collection: str = CollectionOpt,
     run: Path = typer.Option(..., "--run", "-r", help="First-stage TREC run to rerank."),
     output: Path = typer.Option(..., "--output", "-o", help="Reranked TREC run to write."),
     task: Optional[str] = typer.Option(None, "--task", "-t"),
     split: str = typer.Option("test"),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Friendly name, GGUF/HF path or hub id (default: embedded)."),
-    backend: Optional[str] = typer.Option(None, "--backend", "-b", help="llamacpp, hf, vllm or openai."),
-    top_k: int = typer.Option(100, "--top-k", "-k"),
-    window: int = typer.Option(20),
-    step: int = typer.Option(10),
-    passes: int = typer.Option(1),
-    max_new_tokens: int = typer.Option(3172, help="Reasoning budget + answer (paper: 3072 + 100)."),
-    max_passage_tokens: Optional[int] = typer.Option(None, help="Passage truncation (default 512 BRIGHT/R2MED, 100 others)."),
-    mode: Optional[str] = typer.Option(None, help="Prompt mode: reasonrank, rankgpt or qwen3."),
     queries: Optional[int] = typer.Option(None, "--queries", "-n", help="Only the first N queries of the run."),
-    traces: Optional[Path] = typer.Option(None, help="JSONL journal of every window; an existing one is resumed."),
-    base_url: Optional[List[str]] = typer.Option(None, help="OpenAI-compatible server URL (repeat to balance)."),
-    api_key_file: Optional[Path] = typer.Option(None, help="File holding the API key (else OPENAI_API_KEY)."),
-    threads: Optional[int] = typer.Option(None, help="CPU threads for llama.cpp."),
-    n_ctx: Optional[int] = typer.Option(None, help="llama.cpp context size."),
     batch_size: int = typer.Option(0, help="Queries stepped together (0: all); windows at one step form one backend batch."),
     report: Optional[Path] = typer.Option(None, "--report", help="Also write the run's HTML report here (see reasonrank report)."),
-    method: str = typer.Option("sliding", help="sliding (the paper's sliding window) or tdpart (top-down partitioning: fewer calls)."),
-    tokenizer: Optional[str] = typer.Option(None, help="Tokenizer path or hub id; over HTTP it makes the prompt exact (completions endpoint)."),
-    lora: Optional[Path] = typer.Option(None, "--lora", help="LoRA adapter directory applied to the model (hf and vllm backends)."),
+    spec: RerankerSpec = None,
 ):
-    """Rerank a first-stage run with a listwise reasoning model; evaluates when qrels exist."""
+    """Rerank a first-stage run with a reasoning model; evaluates when qrels exist. Exits 1 when windows failed."""
     from reasonrank.io import load_collection, read_run, write_run
-    from reasonrank.prompts import default_max_passage_tokens
-    from reasonrank.rerankers import Reranker, requests_from_run, results_to_run
+    from reasonrank.rerankers import requests_from_run, results_to_run
+    from reasonrank.spec import build
 
     coll = load_collection(collection, task=task, split=split)
     first_stage = read_run(run)
     qids = [q for q in first_stage][:queries] if queries else None
     requests = requests_from_run(coll, first_stage, qids, depth=None)
-    if max_passage_tokens is None:
-        max_passage_tokens = default_max_passage_tokens(coll.name)
-    reranker = Reranker(
-        model, backend, mode=mode, max_passage_tokens=max_passage_tokens, top_k=top_k, window=window, step=step,
-        passes=passes, max_new_tokens=max_new_tokens, journal=traces, progress=True, method=method, tokenizer=tokenizer,
-        **_rerank_options(base_url, api_key_file, threads, n_ctx), **({"lora": str(lora)} if lora else {}),
-    )
+    reranker = build(spec.replace(progress=True), collection=coll.name)
     results = []
     size = batch_size or len(requests) or 1
-    for i in range(0, len(requests), size):
-        results += reranker.rerank_batch(requests[i:i + size])
-    reranker.close()
+    try:
+        for i in range(0, len(requests), size):
+            results += reranker.rerank_batch(requests[i:i + size])
+    finally:
+        reranker.close()
     reranked = results_to_run(results)
     write_run(output, reranked, tag="reasonrank")
     console.print(f"wrote {output}")
     if report is not None:
         from reasonrank.report import run_settings, write_report
 
-        page = write_report([t for r in results for t in r.traces], report, collection=coll, first_stage=first_stage,
-                            reranked=reranked, settings=run_settings(reranker))
+        # the journal holds every window whole (resumed ones too); in memory a resumed window keeps only its answer
+        windows = reranker.spec.journal or [t for r in results for t in r.traces]
+        page = write_report(windows, report, collection=coll, first_stage=first_stage, reranked=reranked,
+                            settings=run_settings(reranker))
         console.print(f"report: {page}")
     stats = reranker.stats.to_dict()
     _print_summary(stats)
@@ -214,6 +200,7 @@ def rerank(
         rows = {"first stage": run_eval(before, coll.qrels(), names, coll.excluded()).aggregate,
                 "reranked": run_eval(reranked, coll.qrels(), names, coll.excluded()).aggregate}
         print(format_table(rows, names, average=False))
+    _fail_on_failed_windows(stats, reranker.spec.journal)
 
 
 @app.command()
@@ -265,7 +252,8 @@ def demo(
     queries: int = typer.Option(10, "--queries", "-n", help="SciFact test queries to rerank (the first N)."),
     top_k: int = typer.Option(20, "--top-k", "-k"),
     max_new_tokens: int = typer.Option(1024, help="Generation budget per window (the paper's 3172 is for 7B+ reasoning models)."),
-    traces: Path = typer.Option(Path("runs/demo/traces.jsonl"), help="Window journal: a rerun resumes from it."),
+    output: Path = typer.Option(Path("runs/demo"), "--output", "-o", help="Folder for the reranked run, the journal and the report."),
+    traces: Optional[Path] = typer.Option(None, help="Window journal (default: OUTPUT/traces.jsonl): a rerun resumes from it."),
     fresh: bool = typer.Option(False, help="Ignore an existing journal and recompute every window."),
     threads: Optional[int] = typer.Option(None, help="CPU threads for llama.cpp (default: the idle CPUs; reasonrank doctor says how many)."),
 ):
@@ -273,38 +261,48 @@ def demo(
     from reasonrank.backends.models import embedded_path
     from reasonrank.evaluation import evaluate as run_eval, format_table
     from reasonrank.io import load_collection, write_run
-    from reasonrank.rerankers import Reranker, requests_from_run, results_to_run
+    from reasonrank.journal import JournalMismatch
+    from reasonrank.rerankers import requests_from_run, results_to_run
     from reasonrank.paths import data_dir
     from reasonrank.retrieval import BM25Index
+    from reasonrank.spec import build
 
     coll = load_collection(data_dir(data) / "scifact", split="test")
     index = BM25Index.for_collection(coll)
     chosen = list(coll.queries())[:queries]
     first_stage = index.search(chosen, k=100, show_progress=False)
     requests = requests_from_run(coll, first_stage, [q.qid for q in chosen], depth=top_k)
-    if fresh and traces.exists():
-        traces.unlink()
-    reranker = Reranker(None, "llamacpp", max_passage_tokens=100, top_k=top_k, max_new_tokens=max_new_tokens,
-                        journal=traces, progress=True, **({"n_threads": threads} if threads else {}))
+    traces = traces or output / "traces.jsonl"
+    spec = RerankerSpec(backend="llamacpp", top_k=top_k, max_new_tokens=max_new_tokens, journal=str(traces),
+                        journal_policy="fresh" if fresh else "resume", progress=True,
+                        backend_options={"n_threads": threads} if threads else {})
+    try:
+        reranker = build(spec, collection=coll.name)
+    except JournalMismatch as exc:
+        raise ReasonRankError(f"{exc}; for the demo: rerun with --fresh") from None
     console.print(f"reranking BM25 top-{top_k} of {len(requests)} SciFact test queries with {embedded_path().name} "
                   f"(llama.cpp, CPU, {reranker.backend.n_threads} threads)")
-    results = reranker.rerank_batch(requests)
-    reranker.close()
+    try:
+        results = reranker.rerank_batch(requests)
+    finally:
+        reranker.close()
     reranked = results_to_run(results)
-    out = traces.with_name("scifact.reranked.trec")
+    out = output / "scifact.reranked.trec"
     write_run(out, reranked)
     names = ["nDCG@10", "Recall@10"]
-    rows = {f"BM25 top-{top_k}": run_eval({q: dict(list(first_stage[q].items())[:top_k]) for q in reranked}, coll.qrels(), names).aggregate,
+    top = {q: dict(list(first_stage[q].items())[:top_k]) for q in reranked}
+    rows = {f"BM25 top-{top_k}": run_eval(top, coll.qrels(), names).aggregate,
             "reranked (embedded 0.5B)": run_eval(reranked, coll.qrels(), names).aggregate}
     print(format_table(rows, names, average=False))
-    _print_summary(reranker.stats.to_dict())
+    stats = reranker.stats.to_dict()
+    _print_summary(stats)
     console.print(f"run: {out}; traces: {traces}; model provenance: {embedded_path().with_suffix('.provenance.json')}")
     from reasonrank.report import run_settings, write_report
 
-    page = write_report([t for r in results for t in r.traces], traces.with_name("report.html"), collection=coll,
-                        first_stage={q: dict(list(first_stage[q].items())[:top_k]) for q in reranked}, reranked=reranked,
+    page = write_report(str(traces), output / "report.html", collection=coll, first_stage=top, reranked=reranked,
                         settings=run_settings(reranker))
     console.print(f"report: {page} (open it in a browser: it needs no network)")
+    _fail_on_failed_windows(stats, str(traces))
 
 
 @app.command()

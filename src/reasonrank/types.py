@@ -64,12 +64,17 @@ class Request:
 
 @dataclass
 class WindowTrace:
-    """What happened in one window: enough to audit, replay or resume it."""
+    """One window, for every method: enough to audit, replay or resume it.
+
+    `docids` is the window's input order and `permutation` the model's answer over it (0-based), so
+    `output_docids` is the order it produced; the report and resume replay by docid. `start`/`end` are
+    the window's positions in the list for the sliding window and None for methods whose windows are
+    not contiguous (tdpart: `role` says first, partition or recursion)."""
 
     qid: str
     pass_index: int
-    start: int
-    end: int
+    start: int | None
+    end: int | None
     prompt_hash: str
     prompt: str = ""
     raw_output: str = ""
@@ -80,13 +85,24 @@ class WindowTrace:
     completion_tokens: int = 0
     seconds: float = 0.0
     docids: list[str] = field(default_factory=list)  # window docids in input order
+    method: str = "sliding"
+    role: str = ""
+
+    @property
+    def output_docids(self) -> list[str]:
+        return [self.docids[p] for p in self.permutation] if self.docids else []
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "output_docids": self.output_docids}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "WindowTrace":
-        return _from_dict(cls, data)
+        data = dict(data)
+        output = data.pop("output_docids", None)
+        trace = _from_dict(cls, data)
+        if output is not None and output != trace.output_docids:
+            raise ValueError(f"window {trace.prompt_hash}: output_docids disagree with docids and permutation")
+        return trace
 
 
 @dataclass

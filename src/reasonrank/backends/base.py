@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Protocol, Sequence, runtime_checkable
 
 from reasonrank.types import Prompt  # noqa: F401  (re-exported: backends take Prompts)
@@ -43,12 +45,71 @@ class Generation:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What an engine can do, decided when it is built; callers read these instead of probing."""
+
+    batch_size: int | None = None  # prompts one generate() runs together (None: any number at once)
+    prompt_formats: tuple[str, ...] = ("text",)  # "text": generates from Prompt.text; "messages": can send chat messages
+    logprobs: bool = False  # has next_token_logprobs()
+    concurrency: int = 1  # generate() calls it runs at once; more callers wait on its own lock (never the caller's)
+    stats: bool = False  # keeps a `stats` dict (requests, retries, dropped fields)
+
+
 @runtime_checkable
 class Backend(Protocol):
     name: str
     model: str
+    capabilities: Capabilities
 
     def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[Generation]:
         """One Generation per prompt, in order. A failed item carries `error`; the batch never raises
-        for one bad item, so a long run loses nothing."""
+        for one bad item, so a long run loses nothing. Safe to call from several threads."""
         ...
+
+    def fingerprint(self) -> dict:
+        """The engine's identity for the journal: backend, model identity, adapter, dtype/quantisation."""
+        ...
+
+    def close(self) -> None:
+        """Free the engine; idempotent, safe while another thread is generating (it waits)."""
+        ...
+
+
+def file_identity(path: str | Path) -> dict:
+    """A file's identity without reading all of it: name, size and the SHA-256 of its first and last MiB
+    (a 491 MB GGUF in milliseconds; another quantisation or fine-tune differs in both)."""
+    path = Path(path)
+    size = path.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as fh:
+        digest.update(fh.read(1 << 20))
+        if size > 2 << 20:
+            fh.seek(-(1 << 20), 2)
+            digest.update(fh.read(1 << 20))
+    return {"name": path.name, "size": size, "sha256_sample": digest.hexdigest()[:16]}
+
+
+def model_identity(source: str | None) -> dict | str | None:
+    """A local model (file or directory of weights) by file identity; a hub id as given, with the cached
+    revision where the hub cache knows one."""
+    if not source:
+        return None
+    path = Path(source).expanduser()
+    if path.is_file():
+        return file_identity(path)
+    if path.is_dir():
+        weights = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".gguf", ".pt"))
+        return {"dir": path.name, "weights": [file_identity(p) for p in weights]}
+    return {"hub_id": str(source), "revision": _hub_revision(str(source))}
+
+
+def _hub_revision(repo_id: str) -> str | None:
+    try:
+        from huggingface_hub import scan_cache_dir  # noqa: F401
+        from huggingface_hub.file_download import repo_folder_name
+        from huggingface_hub.constants import HF_HUB_CACHE
+    except ImportError:
+        return None
+    ref = Path(HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type="model") / "refs" / "main"
+    return ref.read_text().strip() if ref.is_file() else None

@@ -24,12 +24,14 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from reasonrank.backends.base import Generation, Prompt, SamplingParams
+from reasonrank.backends.base import Capabilities, model_identity, Generation, Prompt, SamplingParams
 from reasonrank.errors import require
 
 
 class HFBackend:
     name = "hf"
+    prompt_format = "text"  # generates from the prompt rendered here
+    # one padded batch of `batch_size` at a time; concurrent callers wait on the lock
 
     def __init__(
         self,
@@ -90,6 +92,12 @@ class HFBackend:
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else self.eos_ids[0]
         self._lock = threading.Lock()
+        self.dtype = str(self._model.dtype).replace("torch.", "")
+        self.capabilities = Capabilities(batch_size=self.batch_size, concurrency=1)
+
+    def fingerprint(self) -> dict:
+        return {"backend": self.name, "model": model_identity(self.model), "dtype": self.dtype,
+                "lora": model_identity(self.lora)}
 
     def _eos_ids(self) -> list[int]:
         ids: list[int] = []
@@ -183,7 +191,8 @@ class HFBackend:
                           finish_reason=finish, seconds=seconds)
 
     def close(self) -> None:
-        self._model = None
+        with self._lock:
+            self._model = None
 
 
 def _with_adapter(model, path: str):

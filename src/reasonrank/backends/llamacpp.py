@@ -33,11 +33,12 @@ from __future__ import annotations
 import os
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reasonrank.backends.base import Generation, Prompt, SamplingParams
+from reasonrank.backends.base import Capabilities, file_identity, Generation, Prompt, SamplingParams
 from reasonrank.errors import ReasonRankError, require
 
 MAX_DEFAULT_CTX = 32768  # the default n_ctx: the model's training context, at most this
@@ -127,6 +128,9 @@ class LlamaCppBackend:
 
     name = "llamacpp"
     batch_size = 1  # llama-cpp-python runs one sequence at a time; rerankers step it prompt by prompt
+    # one sequence at a time, one caller at a time (the lock): llama.cpp is not thread-safe
+    capabilities = Capabilities(batch_size=1, logprobs=True, concurrency=1)
+    prompt_format = "text"  # generates from the prompt rendered here
 
     def __init__(
         self,
@@ -178,6 +182,9 @@ class LlamaCppBackend:
             verbose=verbose,
             **llama_kwargs,
         )
+        # freed at interpreter exit while llama_cpp's module globals still exist: Llama.__del__ alone runs
+        # after they are torn down and prints "Exception ignored in Llama.__del__ ... TypeError"
+        weakref.finalize(self, self._llm.close)
         self.n_ctx = self._llm.n_ctx()
         meta = getattr(self._llm, "metadata", {}) or {}
         self._add_bos = str(meta.get("tokenizer.ggml.add_bos_token", "false")).lower() == "true"
@@ -307,10 +314,18 @@ class LlamaCppBackend:
             ))
         return results
 
+    def fingerprint(self) -> dict:
+        return {"backend": self.name, "model": file_identity(self.model_path)}
+
     def close(self) -> None:
-        llm, self._llm = getattr(self, "_llm", None), None
-        if llm is not None:
-            llm.close()
+        """Free the model, after any call in flight (the lock): a model freed under a running call crashes."""
+        lock = getattr(self, "_lock", None)
+        if lock is None:
+            return
+        with lock:
+            llm, self._llm = getattr(self, "_llm", None), None
+            if llm is not None:
+                llm.close()
 
     def __repr__(self) -> str:
         return f"LlamaCppBackend(model_path={self.model_path!r}, n_ctx={self.n_ctx}, n_threads={self.n_threads})"

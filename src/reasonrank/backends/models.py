@@ -8,6 +8,7 @@ checked against a known size and SHA-256 before anything loads it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -94,9 +95,25 @@ def is_hub_id(name: str) -> bool:
 
 
 def hub_offline() -> bool:
-    """The hub may not be asked (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE, as huggingface_hub reads them)."""
-    return any(os.environ.get(v, "").strip().upper() in {"1", "ON", "YES", "TRUE"}
-               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    """The hub may not be asked (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE, as huggingface_hub reads them), or
+    cannot be reached: huggingface_hub retries an unreachable hub for about a minute before it fails, so a
+    machine without the network learns it here in one connection attempt instead."""
+    if any(os.environ.get(v, "").strip().upper() in {"1", "ON", "YES", "TRUE"} for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")):
+        return True
+    return not _hub_reachable(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+
+
+@functools.lru_cache(maxsize=4)
+def _hub_reachable(endpoint: str) -> bool:
+    import socket
+    from urllib.parse import urlsplit
+
+    url = urlsplit(endpoint)
+    try:
+        socket.create_connection((url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)), timeout=5).close()
+    except OSError:
+        return False
+    return True
 
 
 def hub_cached(repo_id: str) -> bool:
@@ -177,7 +194,12 @@ def embedded_path(model: EmbeddedModel = QWEN_05B) -> Path:
     return cache_dir() / "models" / model.filename
 
 
-def ensure_embedded(model: EmbeddedModel = QWEN_05B, log=print) -> Path:
+def _stderr(message: str) -> None:
+    # never stdout: `reasonrank mcp` speaks its protocol there, and a command's stdout is its result
+    print(message, file=sys.stderr, flush=True)
+
+
+def ensure_embedded(model: EmbeddedModel = QWEN_05B, log=_stderr) -> Path:
     """Return the assembled GGUF, fetching and assembling it first if needed. Verified every first time."""
     target = embedded_path(model)
     provenance = target.with_suffix(".provenance.json")

@@ -65,7 +65,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from reasonrank.backends.base import Generation, Prompt, SamplingParams
+from reasonrank.backends.base import Capabilities, Generation, Prompt, SamplingParams
 from reasonrank.errors import ReasonRankError, require
 
 log = logging.getLogger(__name__)
@@ -234,6 +234,24 @@ class OpenAIBackend:
         self._seconds_per_token: collections.deque[float] = collections.deque(maxlen=64)
         self._rr = 0
         self._per_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple] = weakref.WeakKeyDictionary()
+
+    @property
+    def capabilities(self) -> Capabilities:
+        # many requests in flight (the point of a server); generate() is safe from several threads
+        return Capabilities(batch_size=None, prompt_formats=("text", "messages"), concurrency=self.concurrency, stats=True)
+
+    @property
+    def prompt_format(self) -> str:
+        """"text": rendered prompts go verbatim to /completions; "messages": chat messages, the server's template."""
+        return "text" if self.use_completions else "messages"
+
+    @prompt_format.setter
+    def prompt_format(self, value: str) -> None:
+        self.use_completions = value == "text"
+
+    def fingerprint(self) -> dict:
+        # the served model, not the URLs: the same model behind another address answers the same
+        return {"backend": self.name, "model": self.model}
 
     def __repr__(self) -> str:  # never shows the key
         return (f"OpenAIBackend(model={self.model!r}, base_urls={self.base_urls!r}, concurrency={self.concurrency}, "

@@ -19,15 +19,17 @@ then silently generate with the base model. The argument building is tested with
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Sequence
 
-from reasonrank.backends.base import Generation, Prompt, SamplingParams
+from reasonrank.backends.base import Capabilities, Generation, Prompt, SamplingParams, model_identity
 from reasonrank.errors import require
 
 
 class VLLMBackend:
     name = "vllm"
+    prompt_format = "text"  # generates from the prompt rendered here
 
     def __init__(
         self,
@@ -65,6 +67,11 @@ class VLLMBackend:
         if tokenizer is not None:
             kwargs["tokenizer"] = tokenizer
         self._llm = vllm.LLM(**kwargs)
+        self.dtype = str(dtype)
+        self.lora = str(lora) if lora else None
+        # vLLM batches continuously inside one generate(); LLM itself is not thread-safe, hence the lock
+        self.capabilities = Capabilities(batch_size=None, concurrency=1)
+        self._lock = threading.Lock()
         self._tokenizer = self._llm.get_tokenizer()
         self.max_model_len = _engine_max_len(self._llm) or max_model_len
 
@@ -97,7 +104,8 @@ class VLLMBackend:
             )
             start = time.perf_counter()
             try:
-                outputs = self._llm.generate(inputs, sampling, use_tqdm=False, **self._lora_kwargs())
+                with self._lock:
+                    outputs = self._llm.generate(inputs, sampling, use_tqdm=False, **self._lora_kwargs())
             except Exception as exc:  # noqa: BLE001 - the batch as a whole failed: every item says why
                 err = f"vLLM generate failed: {type(exc).__name__}: {exc}"
                 for i in index:
@@ -123,8 +131,13 @@ class VLLMBackend:
 
         return {"lora_request": LoRARequest(**self._lora_request)}
 
+    def fingerprint(self) -> dict:
+        return {"backend": self.name, "model": model_identity(self.model), "dtype": self.dtype,
+                "lora": model_identity(self.lora)}
+
     def close(self) -> None:
-        self._llm = None
+        with self._lock:
+            self._llm = None
 
 
 def lora_arguments(lora: str | None, llm_kwargs: dict) -> tuple[dict, dict | None]:

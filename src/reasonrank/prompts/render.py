@@ -185,6 +185,7 @@ class PromptRenderer:
         self.cache_size = cache_size
         self._cache: dict[tuple[str, str, str], str] = {}
         self._lock = threading.Lock()
+        self._render_lock = threading.Lock()
         self._fix_prompt = _SegmentFixer(cache_size)
 
     @property
@@ -249,7 +250,13 @@ class PromptRenderer:
         return self._build(query, candidates)[0]
 
     def render(self, query: str, candidates: Sequence[Candidate]) -> Prompt:
-        """`Prompt(messages, text)`; `text` is None without a tokenizer."""
+        """`Prompt(messages, text)`; `text` is None without a tokenizer. Safe from several threads: one
+        render at a time (a fast tokenizer fails when two threads use it at once; rendering is cheap
+        next to generating)."""
+        with self._render_lock:
+            return self._render(query, candidates)
+
+    def _render(self, query: str, candidates: Sequence[Candidate]) -> Prompt:
         messages, raw = self._build(query, candidates)
         if not self.can_template:
             return Prompt(messages, None)

@@ -1,41 +1,25 @@
-"""Rerankers: requests in, results out. `Reranker(...)` is the one factory for the listwise model."""
+"""Rerankers: requests in, results out. `Reranker(...)` builds one from a `reasonrank.spec.RerankerSpec`."""
 
 from __future__ import annotations
 
 from typing import Iterable, Mapping
 
-from reasonrank.backends.base import ANSWER_BUDGET, REASONING_BUDGET, SamplingParams
-from reasonrank.errors import ConfigError, ReasonRankError, UnknownIdError
-from reasonrank.journal import Journal
+from reasonrank.errors import UnknownIdError
 from reasonrank.rerankers.listwise import ListwiseReranker, RunStats
 from reasonrank.rerankers.tdpart import TopDownPartitionReranker
 from reasonrank.types import Candidate, Query, Request, Result
 
-METHODS = {"sliding": ListwiseReranker, "tdpart": TopDownPartitionReranker}
+METHODS = {"sliding": ListwiseReranker, "tdpart": TopDownPartitionReranker}  # the listwise methods (spec.build)
 
 
-def Reranker(
-    model: str | None = None,
-    backend: str | None = None,
-    *,
-    mode: str | None = None,
-    max_passage_tokens: int | None = 512,
-    top_k: int = 100,
-    window: int = 20,
-    step: int = 10,
-    passes: int = 1,
-    max_new_tokens: int = REASONING_BUDGET + ANSWER_BUDGET,
-    tokenizer: str | None = None,
-    journal: str | Journal | None = None,
-    progress: bool = False,
-    method: str = "sliding",
-    **backend_options,
-) -> ListwiseReranker:
-    """A listwise reasoning reranker. With no model, the embedded Qwen2.5-Coder-0.5B GGUF on llama.cpp.
+def Reranker(model: str | None = None, backend: str | None = None, **options):
+    """A reasoning reranker: `build(RerankerSpec.from_options(model, backend, **options))`.
 
-    `model` is a friendly name (`reasonrank model list`), a local path (GGUF file or HF directory) or a hub
-    id; `backend` is llamacpp, hf, vllm or openai (guessed from the model when omitted). `method` is
-    `sliding` (the paper's sliding window, the default) or `tdpart` (top-down partitioning, fewer calls).
+    With no model, the embedded Qwen2.5-Coder-0.5B GGUF on llama.cpp. `model` is a friendly name
+    (`reasonrank model list`), a local path (GGUF file or HF directory) or a hub id; `backend` is
+    llamacpp, hf, vllm or openai (guessed from the model when omitted). Options named like a
+    `reasonrank.spec.RerankerSpec` field set it (`method="tdpart"`, `top_k=40`, `journal="x.jsonl"`,
+    `max_new_tokens=...`); any other goes to the backend's constructor (`n_threads=2`, `base_url=...`).
 
     Over HTTP (openai), a known tokenizer (`tokenizer=`, the registry's for a friendly name, or else the
     server's own tokenize endpoints: vLLM, SGLang, llama.cpp) makes the prompt the exact text rendered
@@ -43,65 +27,9 @@ def Reranker(
     server that can tokenize but not template (llama-cpp-python) gets chat messages with passages cut
     in its tokens; one with no tokenizer at all gets chat messages (the run summary says which).
     """
-    from reasonrank.backends.factory import get_backend, tokenizer_source
-    from reasonrank.backends.models import resolve
-    from reasonrank.prompts import PromptRenderer, load_template
-    from reasonrank.tokenizer import load_tokenizer
+    from reasonrank.spec import RerankerSpec, build
 
-    if mode is None:
-        try:
-            mode = resolve(model).prompt_mode
-        except KeyError:
-            mode = "reasonrank"
-    if method not in METHODS:
-        raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    template = load_template(mode)  # before the model loads: a wrong mode fails at once
-    engine = get_backend(backend, model, **backend_options)
-    source = tokenizer or tokenizer_source(engine.name, model)
-    tok = load_tokenizer(source) if source else _http_tokenizer(engine, model) if engine.name == "openai" else None
-    renderer = PromptRenderer(tok, mode=template, max_passage_tokens=max_passage_tokens)
-    if engine.name == "openai" and renderer.can_template:
-        engine.use_completions = True  # the exact rendered prompt, not the server's chat template
-    if not isinstance(journal, Journal):
-        journal = Journal(journal)
-    return METHODS[method](
-        engine, renderer, top_k=top_k, window=window, step=step, passes=passes,
-        params=SamplingParams(max_new_tokens=max_new_tokens), journal=journal, progress=progress,
-    )
-
-
-def _http_tokenizer(engine, model: str | None):
-    """For a server: the registry's tokenizer for a friendly name, else the server's own (its
-    tokenize endpoints), else None (chat messages, passages cut in words)."""
-    from reasonrank.backends.server_tokenizer import probe
-
-    tok = _registry_tokenizer(model)
-    if tok is None:
-        tok = probe(engine.base_urls[0], engine.model, engine.auth_headers())
-    return tok
-
-
-def _registry_tokenizer(model: str | None):
-    """The tokenizer a registry name implies for a server that serves it: the embedded GGUF where it
-    is assembled, else the spec's tokenizer or hub id. None when it cannot be loaded (offline, not
-    cached): the run then falls back to chat messages and says so, rather than failing."""
-    import logging
-
-    from reasonrank.backends.models import embedded_path, resolve
-    from reasonrank.tokenizer import load_tokenizer
-
-    try:
-        spec = resolve(model)
-    except KeyError:
-        return None
-    source = (str(embedded_path()) if embedded_path().is_file() else None) if spec.embedded else spec.tokenizer or spec.hub_id
-    if source is None:
-        return None
-    try:
-        return load_tokenizer(source)
-    except (OSError, ValueError, ImportError, ReasonRankError) as exc:
-        logging.getLogger(__name__).warning("tokenizer of %s not loadable (%s): sending chat messages", model, exc)
-        return None
+    return build(RerankerSpec.from_options(model, backend, **options))
 
 
 def requests_from_run(collection, run: Mapping[str, Mapping[str, float]], qids: Iterable[str] | None = None, depth: int | None = None) -> list[Request]:

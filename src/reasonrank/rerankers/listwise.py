@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Sequence
 
 from reasonrank.backends.base import Backend, Generation, SamplingParams
-from reasonrank.journal import Journal, prompt_hash
+from reasonrank.journal import Entry, Journal, docids_digest
 from reasonrank.parsing import parse_ranking
 from reasonrank.prompts import PromptRenderer
 from reasonrank.types import Candidate, Prompt, Query, Request, Result, WindowTrace
@@ -28,6 +30,7 @@ class RunStats:
     queries: int = 0
     windows: int = 0
     resumed_windows: int = 0
+    retried_windows: int = 0  # windows a journal recorded as failed, asked again
     status: Counter = field(default_factory=Counter)
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -52,6 +55,8 @@ class RunStats:
             "queries": self.queries,
             "windows": self.windows,
             "resumed_windows": self.resumed_windows,
+            "retried_windows": self.retried_windows,
+            "failed_windows": self.status.get(BACKEND_ERROR, 0),
             "parse_status": dict(self.status),
             "seconds_per_query": self.wall_seconds / q,
             "prompt_tokens_per_query": self.prompt_tokens / q,
@@ -88,18 +93,21 @@ class ListwiseReranker:
         *,
         top_k: int = 100,
         window: int = 20,
-        step: int = 10,
-        passes: int = 1,
+        step: int | None = 10,
+        passes: int | None = 1,
         params: SamplingParams | None = None,
         journal: Journal | None = None,
         progress: bool = False,
     ):
+        step, passes = step or 10, passes or 1
         window_schedule(top_k, window, step)  # validate the arguments now, not mid-run
         self.backend, self.renderer = backend, renderer
         self.top_k, self.window, self.step, self.passes = top_k, window, step, passes
         self.params = params or SamplingParams()
-        self.journal = journal or Journal(None)
+        self.journal = journal if journal is not None else Journal(None)
         self.progress = progress
+        self.spec = None  # the RerankerSpec it was built from (reasonrank.spec.build sets it)
+        self._stats_lock = threading.Lock()  # several threads may rerank at once (service, adapters)
         self.stats = RunStats(method=self.method, prompt_format=_prompt_format(backend, renderer))
         if self.stats.prompt_format == "messages" and renderer.tokenizer is None:
             log.warning("prompts go to %s as chat messages: no tokenizer is known for %s, so the server's chat template "
@@ -107,14 +115,11 @@ class ListwiseReranker:
         elif self.stats.prompt_format == "messages":
             log.warning("prompts go to %s as chat messages, with passages cut in its own tokens: the server cannot "
                         "render its chat template over HTTP, so its chat handler applies it", backend.name)
-        self._settings = json.dumps([renderer.mode, self.params.max_new_tokens, self.params.temperature, self.params.seed])
 
     def close(self) -> None:
-        """Flush the journal and free the engine (llama.cpp otherwise complains at interpreter exit)."""
+        """Flush the journal and free the engine."""
         self.journal.close()
-        close = getattr(self.backend, "close", None)
-        if close is not None:
-            close()
+        self.backend.close()
 
     def __enter__(self):
         return self
@@ -129,16 +134,24 @@ class ListwiseReranker:
         check_documents([c.content for c in candidates])
         return self.rerank_batch([Request(query, list(candidates))])[0]
 
+    async def arerank(self, query: Query | str, candidates: Sequence[Candidate]) -> Result:
+        """`rerank` for async callers: the work runs in a worker thread, never on the event loop."""
+        return await asyncio.to_thread(self.rerank, query, candidates)
+
+    async def arerank_batch(self, requests: Sequence[Request]) -> list[Result]:
+        return await asyncio.to_thread(self.rerank_batch, requests)
+
     def _generate(self, jobs: list[tuple], prompt_at: int):
         """(job, generation) for each job, whose prompt is `job[prompt_at]`. Engines that run prompts one
         after another (llama.cpp) or in fixed batches (hf) get them in chunks of their batch size, so the
         caller's journal and progress bar advance per chunk."""
-        chunk = getattr(self.backend, "batch_size", None) or len(jobs) or 1
+        chunk = self.backend.capabilities.batch_size or len(jobs) or 1
         for begin in range(0, len(jobs), chunk):
             part = jobs[begin:begin + chunk]
             t0 = time.perf_counter()
             generations = self.backend.generate([job[prompt_at] for job in part], self.params)
-            self.stats.model_seconds += time.perf_counter() - t0
+            with self._stats_lock:
+                self.stats.model_seconds += time.perf_counter() - t0
             yield from zip(part, generations)
 
     def _schedule(self, n: int) -> list[tuple[int, int, int]]:
@@ -166,9 +179,11 @@ class ListwiseReranker:
             window = orders[i][start:end]
             prompt = self.renderer.render(requests[i].query.text, window)
             key = self._key(prompt)
-            done = self.journal.lookup(key)
+            done = self._lookup(key, window)
             if done is not None:
-                self._apply(i, orders, traces, done, resumed=True)
+                trace = WindowTrace(requests[i].query.qid, p, start, end, key, permutation=done.order, status=done.status,
+                                    docids=[c.docid for c in window], method=self.method)
+                self._apply(i, orders, traces, trace, resumed=True)
                 if bar is not None:
                     bar.update(1)
             else:
@@ -184,18 +199,30 @@ class ListwiseReranker:
                                 gen_tok_s=f"{s.completion_tokens / max(s.model_seconds, 1e-9):.1f}", **dict(s.status))
 
     def _finish(self, queries: int, started: float) -> None:
-        self.stats.queries += queries
-        self.stats.wall_seconds += time.perf_counter() - started
-        backend_stats = getattr(self.backend, "stats", None)
-        if isinstance(backend_stats, dict) and backend_stats.get("dropped_fields"):
-            self.stats.dropped_fields = dict(backend_stats["dropped_fields"])
+        with self._stats_lock:
+            self.stats.queries += queries
+            self.stats.wall_seconds += time.perf_counter() - started
+            if self.backend.capabilities.stats and self.backend.stats.get("dropped_fields"):
+                self.stats.dropped_fields = dict(self.backend.stats["dropped_fields"])
 
     def _key(self, prompt: Prompt) -> str:
-        # The journal key of a window: the same prompt, model and settings give the same answer
-        # whichever method asked for it, so methods share finished windows.
-        return prompt_hash(prompt.text or json.dumps(prompt.messages), self.backend.model, self._settings)
+        # The journal key of a window: the same prompt under the same engine and settings gives the same
+        # answer whichever method asked for it, so methods share finished windows.
+        return self.journal.key(prompt.text or json.dumps(prompt.messages))
 
-    def _trace(self, qid, p, start, end, window, prompt: Prompt, key: str, gen: Generation) -> WindowTrace:
+    def _lookup(self, key: str, window: Sequence[Candidate]) -> Entry | None:
+        """The journal's answer for this window; None to ask the model (a failed window is asked again)."""
+        done = self.journal.lookup(key)
+        if done is None:
+            if self.journal.was_failed(key):
+                with self._stats_lock:
+                    self.stats.retried_windows += 1
+            return None
+        if done.docids != docids_digest([c.docid for c in window]):
+            raise RuntimeError(f"journal entry {key} was recorded for another window")  # hash collision guard
+        return done
+
+    def _trace(self, qid, p, start, end, window, prompt: Prompt, key: str, gen: Generation, role: str = "") -> WindowTrace:
         n = len(window)
         if gen.error:
             perm, status, reasoning = list(range(n)), BACKEND_ERROR, ""
@@ -207,23 +234,20 @@ class ListwiseReranker:
             prompt=prompt.text or json.dumps(prompt.messages, ensure_ascii=False),
             raw_output=gen.full_text if not gen.error else gen.error, reasoning=reasoning, permutation=perm, status=status,
             prompt_tokens=gen.prompt_tokens, completion_tokens=gen.completion_tokens, seconds=gen.seconds,
-            docids=[c.docid for c in window],
+            docids=[c.docid for c in window], method=self.method, role=role,
         )
 
     def _apply(self, i, orders, traces, trace: WindowTrace, resumed: bool) -> None:
-        window_ids = [c.docid for c in orders[i][trace.start:trace.end]]
-        if trace.docids and trace.docids != window_ids:
-            raise RuntimeError(f"journal entry {trace.prompt_hash} was recorded for another window")  # hash collision guard
         orders[i] = apply_permutation(orders[i], trace.start, trace.end, trace.permutation)
         traces[i].append(trace)
-        self.stats.add(trace, resumed)
+        with self._stats_lock:
+            self.stats.add(trace, resumed)
 
 
 def _prompt_format(backend, renderer) -> str:
     """`messages` when the backend will send chat messages to a server's template, else `text`."""
-    if getattr(backend, "name", "") == "openai" and not (getattr(backend, "use_completions", False) and renderer.can_template):
-        return "messages"
-    return "text"
+    sends_messages = "messages" in backend.capabilities.prompt_formats
+    return "messages" if sends_messages and (backend.prompt_format == "messages" or not renderer.can_template) else "text"
 
 
 def _progress(total: int, enabled: bool):

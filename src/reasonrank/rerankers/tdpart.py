@@ -28,7 +28,8 @@ counted in the run's parse statuses.
 Each query is a generator that yields the windows it needs next and receives their orders back;
 the driver batches the pending windows of all queries, so a partition step of 50 queries is one
 backend batch. Prompts, parsing, traces and the journal are the sliding window's: a window is
-journaled by its prompt hash with `method` and `role`, so a killed run resumes.
+journaled with its input and output doc ids, `method` and `role` (no positions: its windows are not
+contiguous), so a killed run resumes and the report replays it.
 """
 
 from __future__ import annotations
@@ -97,13 +98,14 @@ class TopDownPartitionReranker(ListwiseReranker):
 
     `k` is the depth to settle (the pivot's rank): 10 (nDCG@10, the paper's setting with window 20), at
     most half the window by default so that small windows still leave room to partition; `top_k` is
-    how deep the first-stage list is reranked, as for the sliding window; `step` and `passes` are not used."""
+    how deep the first-stage list is reranked, as for the sliding window."""
 
     method = "tdpart"
 
-    def __init__(self, backend, renderer, *, k: int | None = None, **options):
-        options["step"] = min(options.get("step", 10), options.get("window", 20))  # unused; valid for the base checks
-        super().__init__(backend, renderer, **options)
+    def __init__(self, backend, renderer, *, k: int | None = None, top_k: int = 100, window: int = 20, **options):
+        # the base class checks top_k and window against a sliding schedule; tdpart has no step, and any
+        # step up to the window passes that check
+        super().__init__(backend, renderer, top_k=top_k, window=window, step=window, passes=1, **options)
         k = min(10, max(1, self.window // 2)) if k is None else k
         if not 1 <= k < self.window:
             raise ValueError(f"k (the pivot's rank) must be between 1 and window - 1 ({self.window - 1}), got {k}")
@@ -148,20 +150,21 @@ class TopDownPartitionReranker(ListwiseReranker):
         for n, (i, role, window) in enumerate(jobs):
             prompt = self.renderer.render(requests[i].query.text, window)
             key = self._key(prompt)
-            done = self.journal.lookup(key)
-            if done is not None and done.docids == [c.docid for c in window]:
-                out[n] = done
-                self.stats.add(done, resumed=True)
+            done = self._lookup(key, window)
+            if done is not None:
+                out[n] = WindowTrace(requests[i].query.qid, 0, None, None, key, permutation=done.order, status=done.status,
+                                     docids=[c.docid for c in window], method=self.method, role=role)
+                with self._stats_lock:
+                    self.stats.add(out[n], resumed=True)
             else:
                 pending.append((n, i, role, window, prompt, key))
         for (n, i, role, window, prompt, key), gen in self._generate(pending, 4):
-            trace = self._trace(requests[i].query.qid, _DEPTH[role], 0, len(window), window, prompt, key, gen)
-            self.journal.record(trace, method=self.method, role=role)
-            self.stats.add(trace, resumed=False)
+            trace = self._trace(requests[i].query.qid, 0, None, None, window, prompt, key, gen, role=role)
+            self.journal.record(trace)
+            with self._stats_lock:
+                self.stats.add(trace, resumed=False)
             out[n] = trace
         for (i, _, _), trace in zip(jobs, out):
             traces[i].append(trace)
         return out
 
-
-_DEPTH = {FIRST: 0, PARTITION: 0, RECURSION: 1}  # pass_index in the trace: 1 marks a recursion window
