@@ -4,6 +4,7 @@ misbehaving HTTP server (stdlib http.server on 127.0.0.1) for retry/fault tests.
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -82,9 +83,9 @@ def stop_process(proc: subprocess.Popen, timeout: float = 15) -> None:
 
 @contextmanager
 def llama_cpp_server(model: Path, n_ctx: int = 4096, n_threads: int = TEST_THREADS, startup_timeout: float = 180.0,
-                     alias: str | None = None):
-    """`python -m llama_cpp.server` on a free loopback port; yields its /v1 base URL; killed on exit."""
-    port = free_port()
+                     alias: str | None = None, port: int | None = None):
+    """`python -m llama_cpp.server` on a loopback port (a free one by default); yields its /v1 base URL; killed on exit."""
+    port = port or free_port()
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), *(["--model_alias", alias] if alias else []),
            "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx), "--n_threads", str(n_threads),
            "--n_threads_batch", str(n_threads), "--verbose", "false",
@@ -225,3 +226,54 @@ def _completion(case: str, chat: bool, content: str, reasoning: str | None = Non
         choice = {"index": 0, "text": content, "finish_reason": "stop"}
     return json.dumps({"id": f"x-{case}", "object": "chat.completion" if chat else "text_completion",
                        "choices": [choice], "usage": usage}).encode()
+
+
+class ReverseServer(LoopbackHTTPServer):
+    """Test double of an OpenAI-compatible server (named as such): answers every listwise window with the
+    passages in reverse order, `<think>…</think><answer>[n] > … > [1]</answer>`, so a run's result is not
+    its input order (the embedded 0.5B keeps the input order, which hides replay and parity bugs).
+
+    `hold_after=N` answers N windows, then holds every later request until `release()`: a client is then
+    certainly mid-run. `served` counts the windows answered; `requests` keeps each request body."""
+
+    def __init__(self, hold_after: int | None = None, model: str = "reverse-test-double"):
+        self.hold_after, self.model = hold_after, model
+        self.served = 0
+        self.requests: list[dict] = []
+        self.lock = threading.Lock()
+        self.released = threading.Event()
+        server = self
+
+        class Handler(JSONHandler):
+            def do_GET(self):
+                self.send_json(200, {"object": "list", "data": [{"id": server.model, "object": "model", "owned_by": "test-double"}]})
+
+            def do_POST(self):
+                body = self.read_json()
+                with server.lock:
+                    server.requests.append(body)
+                    turn = len(server.requests)
+                if server.hold_after is not None and turn > server.hold_after:
+                    server.released.wait(600)
+                prompt = body.get("prompt") or (body.get("messages") or [{}])[-1].get("content", "")
+                n = len(re.findall(r"^\[(\d+)\] ", prompt, flags=re.M))
+                answer = "<think>reversed</think><answer>" + " > ".join(f"[{i}]" for i in range(n, 0, -1)) + "</answer>"
+                chat = self.path.endswith("/chat/completions")
+                choice = ({"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"} if chat
+                          else {"index": 0, "text": answer, "finish_reason": "stop"})
+                try:
+                    self.send_json(200, {"id": f"rev-{turn}", "object": "chat.completion" if chat else "text_completion",
+                                         "choices": [choice], "usage": {"prompt_tokens": 100, "completion_tokens": 10 + n}})
+                except (BrokenPipeError, ConnectionResetError):
+                    return
+                with server.lock:
+                    server.served += 1
+
+        super().__init__(Handler)
+
+    def release(self) -> None:
+        self.released.set()
+
+    def __exit__(self, *exc):
+        self.release()
+        super().__exit__(*exc)

@@ -135,7 +135,7 @@ def _print_summary(stats: dict) -> None:
         f"failed before and retried); parse status: {status}\n"
         f"seconds/query {stats['seconds_per_query']:.1f}; prompt tokens/query {stats['prompt_tokens_per_query']:.0f}; "
         f"generated tokens/query {stats['completion_tokens_per_query']:.0f}; framework overhead {stats['overhead_share']:.1%} of wall time",
-        highlight=False,
+        highlight=False, soft_wrap=True,  # one line per fact, whatever the terminal's width: scripts grep them
     )
 
 
