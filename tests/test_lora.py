@@ -175,3 +175,26 @@ def test_vllm_lora_rank_rounding():
     assert [vllm_max_lora_rank(r) for r in (1, 4, 8, 9, 32, 200)] == [1, 8, 8, 16, 32, 256]
     with pytest.raises(ReasonRankError):
         vllm_max_lora_rank(1024)
+
+
+@needs_data
+def test_a_journal_written_without_the_adapter_is_refused_with_it(trained, tmp_path):
+    """The adapter is part of the engine's identity: a rerun with --lora under an old journal would
+    otherwise reuse the base model's answers."""
+    from reasonrank.journal import JournalMismatch
+    from reasonrank.spec import RerankerSpec, build
+    from reasonrank.types import Candidate
+
+    journal = tmp_path / "traces.jsonl"
+    spec = RerankerSpec(model=str(trained["base"]), backend="hf", top_k=3, window=3, max_new_tokens=8, max_passage_tokens=12,
+                        journal=str(journal), backend_options={"device": "cpu"})
+    passages = [Candidate(str(i), 0.0, text) for i, text in enumerate(["statins lower LDL", "bones", "the sea"])]
+    with build(spec) as reranker:
+        reranker.rerank("do statins lower LDL?", passages)
+    with pytest.raises(JournalMismatch, match=r"lora: null -> \{"):
+        build(spec.replace(lora=str(trained["adapter"])))
+    with build(spec.replace(lora=str(trained["adapter"]), journal=str(tmp_path / "adapted.jsonl"))) as adapted:
+        adapted.rerank("do statins lower LDL?", passages)
+        assert adapted.stats.resumed_windows == 0
+    header = json.loads((tmp_path / "adapted.jsonl").read_text().splitlines()[0])
+    assert header["engine"]["backend"] == "hf" and header["engine"]["lora"]["weights"]

@@ -13,9 +13,11 @@ a wrong answer:
   (`policy="fresh"`).
 * **Failures are not answers.** A window that failed (`backend_error`) is recorded, for the audit,
   but never reused: the rerun asks the model again and counts it as retried.
-* **Only what resuming needs stays in memory**: per key, a digest of the window's doc ids, the
-  permutation and the status (about 200 bytes a window); nothing at all without a file. The full
-  records stay in the file, where `read_windows` reads them for the report.
+* **Only what resuming needs stays in memory**: per key, the permutation and the status (about 200
+  bytes a window); nothing at all without a file. The full records stay in the file, where
+  `read_windows` reads them for the report. (Two windows with the same prompt share an answer even
+  when their doc ids differ, duplicate passages say: the model sees only the text, and the answer is
+  over positions.)
 """
 
 from __future__ import annotations
@@ -42,17 +44,12 @@ class JournalMismatch(ReasonRankError):
 class Entry(NamedTuple):
     """A finished window as resuming needs it."""
 
-    docids: bytes  # digest of the window's input doc ids
     permutation: bytes | tuple  # bytes when every position fits one
     status: str
 
     @property
     def order(self) -> list[int]:
         return list(self.permutation)
-
-
-def docids_digest(docids: Sequence[str]) -> bytes:
-    return hashlib.blake2b("\x00".join(docids).encode(), digest_size=8).digest()
 
 
 def engine_id(engine: dict[str, Any]) -> str:
@@ -154,8 +151,8 @@ class Journal:
             return
         try:
             row = json.loads(line)
-            key, status, docids, permutation = row["prompt_hash"], row["status"], row["docids"], row["permutation"]
-            if sorted(permutation) != list(range(len(docids))):
+            key, status, permutation = row["prompt_hash"], row["status"], row["permutation"]
+            if sorted(permutation) != list(range(len(row["docids"]))):
                 raise ValueError("not a permutation of the window")
         except (json.JSONDecodeError, TypeError, ValueError, KeyError):
             # the last line of a killed run may be half written: count it and redo that window
@@ -166,7 +163,7 @@ class Journal:
                 self.failed.add(key)
             return
         self.failed.discard(key)
-        self.done[key] = Entry(docids_digest(docids), _compact(permutation), sys.intern(status))
+        self.done[key] = Entry(_compact(permutation), sys.intern(status))
 
     def lookup(self, key: str) -> Entry | None:
         """The finished window under this key; None when there is none, or only a failed one (redo it)."""
@@ -196,7 +193,7 @@ class Journal:
                     self.failed.add(trace.prompt_hash)
             else:
                 self.failed.discard(trace.prompt_hash)
-                self.done[trace.prompt_hash] = Entry(docids_digest(trace.docids), _compact(trace.permutation), sys.intern(trace.status))
+                self.done[trace.prompt_hash] = Entry(_compact(trace.permutation), sys.intern(trace.status))
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -30,7 +30,7 @@ JOURNAL_POLICIES = ("resume", "fresh", "reuse")
 
 # Defaults per method: None in a spec means the method's value here.
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
-    "sliding": {"window": 20, "step": 10, "passes": 1, "max_new_tokens": REASONING_BUDGET + ANSWER_BUDGET},
+    "sliding": {"window": 20, "step": None, "passes": 1, "max_new_tokens": REASONING_BUDGET + ANSWER_BUDGET},
     "tdpart": {"window": 20, "pivot": None, "max_new_tokens": REASONING_BUDGET + ANSWER_BUDGET},
     "pointwise": {"max_new_tokens": 256},
 }
@@ -51,7 +51,7 @@ class RerankerSpec:
     method: str = "sliding"  # sliding, tdpart or pointwise
     top_k: int = 100  # how deep the first-stage list is reranked
     window: Optional[int] = None  # passages per window (sliding, tdpart: 20)
-    step: Optional[int] = None  # window step (sliding: 10)
+    step: Optional[int] = None  # window step (sliding: half the window, 10)
     passes: Optional[int] = None  # sweeps (sliding: 1)
     pivot: Optional[int] = None  # the rank tdpart settles (its k: min(10, window // 2))
     max_new_tokens: Optional[int] = None  # generation budget per call (listwise: 3072 + 100; pointwise: 256)
@@ -86,7 +86,7 @@ class RerankerSpec:
             from reasonrank.windows import window_schedule
 
             try:
-                window_schedule(self.top_k, self.window or 20, self.step or 10)
+                window_schedule(self.top_k, self.window or 20, self.step or _half(self.window or 20))
             except ValueError as exc:
                 raise ConfigError(str(exc)) from None
         if self.method == "tdpart":
@@ -112,8 +112,11 @@ class RerankerSpec:
         from reasonrank.prompts import default_max_passage_tokens
 
         fill = {k: v for k, v in METHOD_DEFAULTS[self.method].items() if getattr(self, k) is None}
+        window = self.window or METHOD_DEFAULTS[self.method].get("window")
+        if self.method == "sliding" and self.step is None:
+            fill["step"] = _half(window)
         if self.method == "tdpart" and self.pivot is None:
-            fill["pivot"] = min(10, max(1, (self.window or 20) // 2))
+            fill["pivot"] = min(10, _half(window))
         if self.max_passage_tokens is None:
             fill["max_passage_tokens"] = default_max_passage_tokens(collection) if collection else DEFAULT_PASSAGE_TOKENS
         return dataclasses.replace(self, **fill) if fill else self
@@ -142,6 +145,10 @@ class RerankerSpec:
 
 
 SPEC_FIELDS = tuple(f.name for f in dataclasses.fields(RerankerSpec))
+
+
+def _half(window: int) -> int:
+    return max(1, window // 2)
 
 
 # -- building ------------------------------------------------------------------------------------------
@@ -290,7 +297,7 @@ def _options() -> list[_Option]:
         _Option("method", str, "sliding", ("--method",), "sliding (the paper's sliding window), tdpart (top-down partitioning: fewer calls) or pointwise."),
         _Option("top_k", int, 100, ("--top-k", "-k"), "How deep the first-stage list is reranked; the rest keep their order below."),
         _Option("window", Optional[int], None, ("--window",), "Passages per window (sliding, tdpart; default 20)."),
-        _Option("step", Optional[int], None, ("--step",), "Sliding window step (default 10)."),
+        _Option("step", Optional[int], None, ("--step",), "Sliding window step (default: half the window, 10)."),
         _Option("passes", Optional[int], None, ("--passes",), "Sliding-window sweeps (default 1)."),
         _Option("pivot", Optional[int], None, ("--pivot",), "tdpart: the rank it settles (default min(10, window/2))."),
         _Option("max_new_tokens", Optional[int], None, ("--max-new-tokens",), "Generation budget per window (default: the paper's 3072 reasoning + 100 answer; pointwise 256)."),

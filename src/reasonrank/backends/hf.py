@@ -161,7 +161,7 @@ class HFBackend:
         }
         if params.temperature and params.temperature > 0:
             kwargs.update(do_sample=True, temperature=float(params.temperature), top_p=float(params.top_p), top_k=0)
-            torch.manual_seed(params.seed if params.seed is not None else 0)
+            torch.manual_seed(params.seed)
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         if params.stop:

@@ -151,7 +151,7 @@ class LlamaCppBackend:
             most 32,768 (KV cache for Qwen2.5-0.5B at 32k: ~400 MB).
         n_threads: CPU threads for generation and prompt processing; None: all CPUs available.
         n_batch: prompt tokens evaluated per llama.cpp decode call.
-        seed: sampler seed when `SamplingParams.temperature > 0` and params.seed is None.
+        seed: the seed llama.cpp's context starts with (each call samples with `SamplingParams.seed`).
         logprobs: 0/False off; N (True = 5): record the top-N log-probabilities of the first
             `logprob_steps` generated tokens on every Generation (as LogprobGeneration).
         n_gpu_layers: layers offloaded to a GPU when llama-cpp-python was built with one (-1: all).
@@ -263,7 +263,7 @@ class LlamaCppBackend:
             "min_p": 0.0,
             "repeat_penalty": 1.0,
             "stop": list(params.stop) or None,
-            "seed": params.seed if params.seed is not None else self.seed,
+            "seed": params.seed,
         }
         return kwargs
 

@@ -366,9 +366,8 @@ class OpenAIBackend:
             "max_tokens": int(params.max_new_tokens),
             "temperature": float(params.temperature),
             "top_p": float(params.top_p),
+            "seed": int(params.seed),
         }
-        if params.seed is not None:
-            body["seed"] = int(params.seed)
         if params.stop:
             body["stop"] = list(params.stop)
         raw = self.use_completions and prompt.text is not None

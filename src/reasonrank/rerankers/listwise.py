@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from reasonrank.backends.base import Backend, Generation, SamplingParams
-from reasonrank.journal import Entry, Journal, docids_digest
+from reasonrank.journal import Entry, Journal
 from reasonrank.parsing import parse_ranking
 from reasonrank.prompts import PromptRenderer
 from reasonrank.types import Candidate, Prompt, Query, Request, Result, WindowTrace
@@ -179,7 +179,7 @@ class ListwiseReranker:
             window = orders[i][start:end]
             prompt = self.renderer.render(requests[i].query.text, window)
             key = self._key(prompt)
-            done = self._lookup(key, window)
+            done = self._lookup(key)
             if done is not None:
                 trace = WindowTrace(requests[i].query.qid, p, start, end, key, permutation=done.order, status=done.status,
                                     docids=[c.docid for c in window], method=self.method)
@@ -210,16 +210,12 @@ class ListwiseReranker:
         # answer whichever method asked for it, so methods share finished windows.
         return self.journal.key(prompt.text or json.dumps(prompt.messages))
 
-    def _lookup(self, key: str, window: Sequence[Candidate]) -> Entry | None:
+    def _lookup(self, key: str) -> Entry | None:
         """The journal's answer for this window; None to ask the model (a failed window is asked again)."""
         done = self.journal.lookup(key)
-        if done is None:
-            if self.journal.was_failed(key):
-                with self._stats_lock:
-                    self.stats.retried_windows += 1
-            return None
-        if done.docids != docids_digest([c.docid for c in window]):
-            raise RuntimeError(f"journal entry {key} was recorded for another window")  # hash collision guard
+        if done is None and self.journal.was_failed(key):
+            with self._stats_lock:
+                self.stats.retried_windows += 1
         return done
 
     def _trace(self, qid, p, start, end, window, prompt: Prompt, key: str, gen: Generation, role: str = "") -> WindowTrace:

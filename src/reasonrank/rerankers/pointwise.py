@@ -266,8 +266,9 @@ class PointwiseReranker:
 
     think_tokens: the reasoning budget per pair (0: judge right after the opened and closed think tag).
     answer_tokens: tokens generated for the judgement when the backend has no log-probabilities.
-    scoring: "auto" (log-probabilities when the backend has `next_token_logprobs`), "logprobs" or "label".
-    batch_size: pairs per backend request batch; None: 1 for llama.cpp (KV-cache reuse), else 64.
+    scoring: "auto" (log-probabilities when the backend declares them, `capabilities.logprobs`), "logprobs" or "label".
+    batch_size: pairs per backend request batch; None: the backend's own batch size (`capabilities.batch_size`:
+    1 for llama.cpp, so a pair's judgement reuses its reasoning's KV cache), else 64.
     """
 
     def __init__(
@@ -288,13 +289,14 @@ class PointwiseReranker:
             raise ValueError("think_tokens must be >= 0 and answer_tokens >= 1")
         if scoring not in ("auto", "logprobs", "label"):
             raise ValueError(f"scoring must be auto, logprobs or label, got {scoring!r}")
-        has_lp = callable(getattr(backend, "next_token_logprobs", None))
-        if scoring == "logprobs" and not has_lp:
-            raise ValueError(f"backend {getattr(backend, 'name', backend)!r} returns no log-probabilities; use scoring='label'")
+        caps = backend.capabilities
+        if scoring == "logprobs" and not caps.logprobs:
+            raise ValueError(f"backend {backend.name!r} returns no log-probabilities; use scoring='label'")
         self.backend, self.prompter = backend, prompter
         self.top_k, self.think_tokens, self.answer_tokens = top_k, think_tokens, answer_tokens
-        self.use_logprobs = has_lp if scoring == "auto" else scoring == "logprobs"
-        self.batch_size = batch_size or (1 if getattr(backend, "name", "") == "llamacpp" else 64)
+        self.use_logprobs = caps.logprobs if scoring == "auto" else scoring == "logprobs"
+        # an engine that runs prompts one at a time (llama.cpp) judges a pair right after its reasoning (KV reuse)
+        self.batch_size = batch_size or caps.batch_size or 64
         self.progress = progress
         self.stats = PointwiseStats()
         self.judgements: list[Judgement] = []  # of the last rerank_batch call
@@ -448,22 +450,30 @@ class PointwiseReranker:
         engine: Backend | None = None,
         **kwargs,
     ) -> PointwiseReranker:
-        """Like `reasonrank.rerankers.Reranker`: with no model, the embedded Qwen2.5-Coder-0.5B GGUF on
-        llama.cpp. `template` defaults to `rank1` for a model whose name contains "rank1" (trained on the
-        raw prompt), else `rank1-chat`. Pass `engine` to share an already loaded backend. Options other
-        than the reranker's own (`top_k`, `think_tokens`, `answer_tokens`, `scoring`, `batch_size`,
-        `progress`) go to the backend's constructor."""
-        from reasonrank.backends.factory import get_backend, tokenizer_source
-        from reasonrank.tokenizer import load_tokenizer
+        """Like `reasonrank.rerankers.Reranker`, through the same `build(spec)` with method "pointwise": with no
+        model, the embedded Qwen2.5-Coder-0.5B GGUF on llama.cpp. `template` (the spec's mode) defaults to
+        `rank1` for a model whose name contains "rank1" (trained on the raw prompt), else `rank1-chat`.
+        Pass `engine` to share an already loaded backend. `top_k`, `think_tokens` (the spec's
+        max_new_tokens) and `progress` are the spec's; `answer_tokens`, `scoring` and `batch_size` set the
+        reranker's own; any other option goes to the backend's constructor."""
+        from reasonrank.spec import RerankerSpec, build
 
-        own = {k: kwargs.pop(k) for k in ("top_k", "think_tokens", "answer_tokens", "scoring", "batch_size", "progress") if k in kwargs}
-        if engine is None:
-            engine = get_backend(backend, model, **kwargs)
-        source = tokenizer or tokenizer_source(engine.name, model)
-        if template is None:
-            template = "rank1" if "rank1" in str(model or "").lower() else "rank1-chat"
-        prompter = PointwisePrompter(load_tokenizer(source) if source else None, template, max_passage_tokens)
-        return cls(engine, prompter, **own)
+        own = {k: kwargs.pop(k) for k in ("answer_tokens", "scoring", "batch_size") if k in kwargs}
+        think = kwargs.pop("think_tokens", None)
+        if think:  # 0 (judge at once) is the reranker's own setting: a spec's budget is at least 1
+            kwargs["max_new_tokens"] = think
+        elif think is not None:
+            own["think_tokens"] = think
+        spec = RerankerSpec.from_options(model, backend, method="pointwise", mode=None if template is None else str(template),
+                                         max_passage_tokens=0 if max_passage_tokens is None else max_passage_tokens,
+                                         tokenizer=tokenizer, **kwargs)
+        reranker = build(spec, backend=engine)
+        if own:  # settings a spec does not carry: the same engine and prompter, reranked with them
+            built = reranker
+            reranker = cls(built.backend, built.prompter, **{"top_k": built.top_k, "think_tokens": built.think_tokens,
+                                                             "progress": built.progress, **own})
+            reranker.spec = built.spec
+        return reranker
 
 
 def _with_score(c: Candidate, score: float) -> Candidate:

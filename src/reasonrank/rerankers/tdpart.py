@@ -150,7 +150,7 @@ class TopDownPartitionReranker(ListwiseReranker):
         for n, (i, role, window) in enumerate(jobs):
             prompt = self.renderer.render(requests[i].query.text, window)
             key = self._key(prompt)
-            done = self._lookup(key, window)
+            done = self._lookup(key)
             if done is not None:
                 out[n] = WindowTrace(requests[i].query.qid, 0, None, None, key, permutation=done.order, status=done.status,
                                      docids=[c.docid for c in window], method=self.method, role=role)
