@@ -14,8 +14,9 @@ import math
 import re
 
 import pytest
+from doubles import DoubleBackend
 
-from reasonrank.backends.base import Generation
+from reasonrank.backends.base import Capabilities, Generation
 from reasonrank.errors import ReasonRankError
 from reasonrank.prompts import PromptRenderer
 from reasonrank.synthesis import (
@@ -161,10 +162,11 @@ def test_filter_alpha_configurable_and_counts_exact(tmp_path):
 # -- a full run on a tiny corpus with a scripted teacher -------------------------------------------
 
 
-class EchoTeacher:
+class EchoTeacher(DoubleBackend):
     """Test double for the transport (see the module docstring); counts what it is asked."""
 
     model = "echo"
+    capabilities = Capabilities(stats=True)
 
     def __init__(self):
         self.asked = 0

@@ -193,11 +193,12 @@ class Teacher:
             else:
                 missing.append(i)
         if missing:
-            before = dict(getattr(self.backend, "stats", {}) or {})
+            counts = self.backend.capabilities.stats  # an HTTP client counts its requests (retries included)
+            before = dict(self.backend.stats) if counts else {}
             t0 = time.perf_counter()
             gens = self.backend.generate([Prompt(list(conversations[i])) for i in missing], params)
             self.stats.seconds += time.perf_counter() - t0
-            after = getattr(self.backend, "stats", {}) or {}
+            after = self.backend.stats if counts else {}
             self.stats.sent += len(missing)
             self.stats.http_requests += int(after.get("requests", 0)) - int(before.get("requests", 0)) if after else len(missing)
             for i, gen in zip(missing, gens, strict=True):
