@@ -17,7 +17,7 @@ from reasonrank.rerankers.listwise import ListwiseReranker
 # rule: outputs must not depend on the machine's load). Four passages are one window.
 SMALL = dict(window=4, step=2, max_new_tokens=24, max_passage_tokens=30, n_threads=TEST_THREADS)
 SMALL_ARGS = ["--window", "4", "--step", "2", "--max-new-tokens", "24", "--max-passage-tokens", "30",
-              "-o", f"n_threads={TEST_THREADS}"]
+              "--threads", str(TEST_THREADS)]
 
 MODEL_MARKS = [pytest.mark.model, needs_data, pytest.mark.skipif(not qwen_gguf_path().exists(), reason="embedded model not assembled")]
 

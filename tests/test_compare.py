@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from _data import SCIFACT, needs_data
+from _data import DATA, SCIFACT, needs_data
+from doubles import DoubleBackend
 from reasonrank.backends.base import Generation
 from reasonrank.compare import FirstStage, app, compare, run_from_order
 from reasonrank.prompts import PromptRenderer
@@ -17,7 +18,7 @@ from reasonrank.rerankers.listwise import ListwiseReranker
 from reasonrank.types import Candidate, Query, Request, Result
 
 
-class SleepyListwiseBackend:
+class SleepyListwiseBackend(DoubleBackend):
     """Test double: every window takes `delay` seconds; query q1 gets a garbled answer, others a reversal."""
 
     name = "scripted"
@@ -145,3 +146,46 @@ def test_cli_bm25_on_scifact(tmp_path):
     assert out.read_text().rstrip().endswith("![nDCG@10 against seconds per query](t.svg)")
     svg = out.with_suffix(".svg").read_text()
     assert svg.lstrip().startswith("<svg") and "bm25" in svg
+
+
+@needs_data
+def test_cli_compare_without_a_collection_uses_scifact(tmp_path, monkeypatch):
+    """`reasonrank compare -o table.md`, as the README writes it, failed with "Missing argument 'collection'"."""
+    from typer.testing import CliRunner
+
+    from reasonrank.cli import app as cli
+
+    monkeypatch.setenv("REASONRANK_DATA", str(DATA))
+    out = tmp_path / "table.md"
+    result = CliRunner().invoke(cli, ["compare", "--rerankers", "bm25", "--queries", "2", "--depth", "5", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.with_suffix(".json").read_text())["queries"] == 2
+    result = CliRunner().invoke(cli, ["compare", "-c", str(SCIFACT), "--rerankers", "bm25", "--queries", "2", "--depth", "5"])
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.model
+def test_build_rerankers_are_specs_on_one_engine():
+    """rankgpt and listwise are the sliding window's specs with prompt modes rankgpt and reasonrank, pointwise the
+    pointwise method's, all built on one loaded engine; the passage cut is the collection's rule (100 for BEIR)."""
+    from servers import TEST_THREADS, embedded_gguf
+
+    from reasonrank.compare import build_rerankers
+    from reasonrank.spec import RerankerSpec
+
+    if embedded_gguf() is None:
+        pytest.skip("embedded GGUF not assembled (scripts/setup.sh)")
+    line_up = build_rerankers(["bm25", "rankgpt", "listwise", "pointwise"], top_k=10, collection="scifact",
+                              spec=RerankerSpec(backend_options={"n_threads": TEST_THREADS, "n_ctx": 1024}))
+    rankgpt, listwise, pointwise = line_up["rankgpt"], line_up["listwise"], line_up["pointwise"]
+    try:
+        assert isinstance(line_up["bm25"], FirstStage)
+        assert rankgpt.backend is listwise.backend is pointwise.backend
+        assert (rankgpt.spec.mode, rankgpt.spec.max_new_tokens, listwise.spec.mode, listwise.spec.max_new_tokens) == \
+            ("rankgpt", 120, "reasonrank", 512)
+        assert rankgpt.spec.max_passage_tokens == listwise.spec.max_passage_tokens == pointwise.spec.max_passage_tokens == 100
+        assert listwise.renderer.max_passage_tokens == 100 and listwise.top_k == 10 and listwise.spec.window == 20
+        assert pointwise.spec.method == "pointwise" and pointwise.think_tokens == 128 and pointwise.batch_size == 1
+        assert build_rerankers(["listwise"], max_passage_tokens=30, spec=listwise.spec)["listwise"].renderer.max_passage_tokens == 30
+    finally:
+        listwise.backend.close()

@@ -157,3 +157,27 @@ def test_without_the_extra_the_command_names_it():
     code = "import sys; sys.modules['mcp'] = None; sys.argv = ['reasonrank', 'mcp']; from reasonrank.cli import main; main()"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "pip install 'reasonrank[mcp]'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_no_import_circle_through_the_cli():
+    """cli -> integrations.mcp -> serving.commands -> cli was a circle (issue 18): the MCP command builds from the
+    spec and imports nothing of the service, and serving.commands imports nothing of the CLI (its standalone
+    entry point, serving/__main__.py, does: nothing imports that). Imports inside functions count too."""
+    import ast
+    from pathlib import Path
+
+    import reasonrank
+
+    def imported(module: str) -> set[str]:
+        path = Path(reasonrank.__file__).parent.joinpath(*module.split(".")[1:]).with_suffix(".py")
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                found.add(node.module)
+        return found
+
+    assert "reasonrank.spec" in imported("reasonrank.integrations.mcp")  # the walk sees what it should
+    assert not {m for m in imported("reasonrank.integrations.mcp") if m.startswith("reasonrank.serving")}
+    assert not {m for m in imported("reasonrank.serving.commands") if m == "reasonrank.cli" or m.startswith("reasonrank.integrations")}

@@ -37,7 +37,7 @@ def bm25(scifact, tmp_path_factory):
 @needs_model
 @needs_data
 def test_experiment_ndcg_equals_reasonrank_evaluate_and_the_order_is_rerank(scifact, bm25, tmp_path):
-    reranker = ReasonRankReranker(**SMALL)
+    reranker = ReasonRankReranker(**SMALL, journal=str(tmp_path / "traces.jsonl"))  # a journal file: a batch face takes one
     topics = topics_frame(scifact).head(3)
     pipeline = bm25 >> bm25.text_loader() >> reranker
     table = pt.Experiment([bm25, pipeline], topics, qrels_frame(scifact), eval_metrics=["ndcg_cut_10"],
@@ -55,7 +55,7 @@ def test_experiment_ndcg_equals_reasonrank_evaluate_and_the_order_is_rerank(scif
     assert ndcg["reranked"] == pytest.approx(ours["nDCG@10"], abs=1e-12)
 
     # the same order as Reranker.rerank on the same candidates (title and text from the collection): its
-    # windows are the transformer's, byte for byte, so all of them resume from the reranker's journal
+    # windows are the transformer's, byte for byte, so all of them resume from the reranker's journal file
     first_stage = read_run(tmp_path / "bm25.res.gz")  # the candidates the pipeline got
     core = reranker.reranker
     resumed_before = core.stats.resumed_windows

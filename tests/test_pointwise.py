@@ -11,7 +11,8 @@ import math
 import pytest
 
 from _data import SCIFACT, needs_data
-from reasonrank.backends.base import Generation, Prompt, SamplingParams
+from doubles import DoubleBackend
+from reasonrank.backends.base import Capabilities, Generation, Prompt, SamplingParams
 from reasonrank.backends.llamacpp import NextTokenLogprobs
 from reasonrank.rerankers.pointwise import (
     BACKEND_ERROR,
@@ -35,8 +36,8 @@ def _request(qid: str, texts: list[str]) -> Request:
     return Request(Query(qid, f"query {qid}"), [Candidate(f"{qid}-{i}", float(len(texts) - i), t) for i, t in enumerate(texts)])
 
 
-class LabelBackend:
-    """No log-probabilities: reasoning calls return `reasoning`; judgement calls answer from the
+class LabelBackend(DoubleBackend):
+    """Test double with no log-probabilities: reasoning calls return `reasoning`; judgement calls answer from the
     passage text (`answers[text]`: a string, or an Exception for a failed call)."""
 
     name = "label-double"
@@ -63,7 +64,9 @@ class LabelBackend:
 
 
 class LogprobBackend(LabelBackend):
-    """Log-probabilities from a table keyed by passage text; records the judgement prompts."""
+    """Test double: log-probabilities from a table keyed by passage text; records the judgement prompts."""
+
+    capabilities = Capabilities(logprobs=True)
 
     def __init__(self, logprobs, **kw):
         super().__init__({}, **kw)
@@ -182,6 +185,20 @@ def test_logprobs_required_but_missing():
         PointwiseReranker(LabelBackend({}), raw_prompter(), scoring="logprobs")
 
 
+def test_scoring_and_batch_size_follow_the_declared_capabilities():
+    """Read from `capabilities`, never from the backend's name or a probe: a double that declares log-probabilities
+    and one-at-a-time generation (as llama.cpp does) gets both, under any name."""
+
+    class OneAtATime(LogprobBackend):
+        name = "not-llamacpp"
+        capabilities = Capabilities(batch_size=1, logprobs=True)
+
+    rr = PointwiseReranker(OneAtATime({}), raw_prompter())
+    assert rr.use_logprobs and rr.batch_size == 1
+    rr = PointwiseReranker(LabelBackend({}), raw_prompter())
+    assert not rr.use_logprobs and rr.batch_size == 64
+
+
 # -- the real embedded model ------------------------------------------------------------------------
 
 @pytest.mark.model
@@ -203,6 +220,17 @@ def test_embedded_model_scores_are_probabilities_ordered_by_logprobs():
     rr = PointwiseReranker(llama, prompter, think_tokens=2)
     assert rr.use_logprobs and rr.batch_size == 1
     results = rr.rerank_batch(requests)
+    # from_model builds through the one build path (method pointwise): the same prompter, scores and order
+    built = PointwiseReranker.from_model(engine=llama, max_passage_tokens=32, think_tokens=2)
+    assert built.spec.method == "pointwise" and built.spec.max_new_tokens == 2 and built.template.mode == "rank1-chat"
+    assert built.use_logprobs and built.batch_size == 1 and built.backend is llama
+    assert all(built.prompter.render(r.query.text, c) == prompter.render(r.query.text, c) for r in requests for c in r.candidates)
+    again = {c.docid: c.score for r in built.rerank_batch(requests) for c in r.candidates}
+    # the same pairs on the same engine; a KV cache left by earlier calls changes only float rounding
+    assert again == pytest.approx({c.docid: c.score for r in results for c in r.candidates}, abs=0.02)
+    # settings a spec does not carry (no reasoning, label scoring, a batch size) still reach the reranker
+    own = PointwiseReranker.from_model(engine=llama, think_tokens=0, scoring="label", batch_size=2, top_k=5)
+    assert (own.think_tokens, own.use_logprobs, own.batch_size, own.top_k, own.spec.top_k) == (0, False, 2, 5, 5)
 
     by_pair = {(j.qid, j.docid): j for j in rr.judgements}
     assert len(by_pair) == 4 and rr.stats.calls == 8 and rr.stats.failures == 0

@@ -37,7 +37,7 @@ KEY = "test-key-0123"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 SERVER_ARGS = [
     "--window", "4", "--step", "2", "--max-new-tokens", "32", "--max-passage-tokens", "32",
-    "-o", "n_ctx=1024", "-o", "n_threads=1", "--max-batch", "8", "--batch-wait-ms", "20",
+    "--n-ctx", "1024", "--threads", "1", "--max-batch", "8", "--batch-wait-ms", "20",
     "--max-documents", "12", "--max-document-chars", "400", "--max-query-chars", "200", "--max-body-bytes", "16000",
     "--alias", "rerank-v3.5", "--log-level", "warning",
 ]
@@ -55,7 +55,7 @@ def run_server(tmp_path: Path, extra: list[str] = (), startup_timeout: float = 1
     log = open(tmp_path / f"server-{port}.log", "w")
     env = {k: v for k, v in os.environ.items() if k != "REASONRANK_API_KEY"}
     proc = subprocess.Popen([sys.executable, "-m", "reasonrank.serving", "--host", "127.0.0.1", "--port", str(port),
-                             "--api-key-file", str(keyfile), *SERVER_ARGS, *extra], stdout=log, stderr=subprocess.STDOUT, env=env)
+                             "--auth-key-file", str(keyfile), *SERVER_ARGS, *extra], stdout=log, stderr=subprocess.STDOUT, env=env)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_for_server(proc, base + "/health", startup_timeout, "server", log=tmp_path / f"server-{port}.log")

@@ -19,14 +19,18 @@ uvicorn = pytest.importorskip("uvicorn")
 pytest.importorskip("fastapi")
 pytest.importorskip("prometheus_client")
 
+from doubles import DoubleBackend
+
 from reasonrank.backends.base import Generation, SamplingParams
 from reasonrank.prompts import PromptRenderer
 from reasonrank.rerankers.listwise import ListwiseReranker
 from reasonrank.serving import ServeConfig, create_app
+from reasonrank.spec import RerankerSpec, build
+from reasonrank.types import Candidate
 
 
-class ScriptedBackend:
-    """Ranks every window in reverse input order, after `delay` seconds; `fail` makes every item an error."""
+class ScriptedBackend(DoubleBackend):
+    """Test double: ranks every window in reverse input order, after `delay` seconds; `fail` makes every item an error."""
 
     name, model = "scripted", "scripted-model"
 
@@ -50,11 +54,23 @@ class ScriptedBackend:
         return out
 
 
+SPEC = RerankerSpec(window=4, step=2, max_new_tokens=16, max_passage_tokens=32)
+
+
+def built(backend, spec=SPEC):
+    """The factory of a reranker built as every face builds one, on the test double."""
+    return lambda: build(spec, backend=backend, renderer=PromptRenderer(None, max_passage_tokens=32))
+
+
+def by_hand(backend):
+    """The factory of a reranker constructed directly (no spec): the service serves its settings."""
+    return lambda: ListwiseReranker(backend, PromptRenderer(None, max_passage_tokens=32), window=4, step=2,
+                                    params=SamplingParams(max_new_tokens=16))
+
+
 @contextmanager
-def serve(backend: ScriptedBackend, **config):
-    factory = lambda: ListwiseReranker(backend, PromptRenderer(None, max_passage_tokens=32), window=4, step=2,
-                                       params=SamplingParams(max_new_tokens=16))
-    app = create_app(factory, ServeConfig(served_model_name="scripted", **config))
+def serve(backend: ScriptedBackend, factory=None, **config):
+    app = create_app((factory or built)(backend), ServeConfig(served_model_name="scripted", **config))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -72,9 +88,10 @@ def serve(backend: ScriptedBackend, **config):
         thread.join(30)
 
 
-def test_factory_app_ranks_with_its_reranker():
+@pytest.mark.parametrize("factory", [built, by_hand])
+def test_factory_app_ranks_with_its_reranker(factory):
     backend = ScriptedBackend()
-    with serve(backend) as (base, _app):
+    with serve(backend, factory) as (base, _app):
         r = httpx.post(base + "/v2/rerank", json={"model": "scripted", "query": "q", "documents": ["a", "b", "c"],
                                                   "return_reasoning": True}, timeout=30)
         assert r.status_code == 200, r.text
@@ -131,3 +148,27 @@ def test_requests_over_the_in_flight_limit_get_503():
         assert r.status_code == 503 and "server busy" in r.json()["message"]
         t.join(30)
         assert box["r"].status_code == 200
+
+
+def test_a_tdpart_spec_is_served_as_tdpart():
+    """The service builds each request's reranker from the served spec: tdpart windows (roles, no positions) and
+    tdpart's order, the one the same spec gives in-process, not the sliding window's."""
+    spec = RerankerSpec(method="tdpart", window=4, pivot=2, max_new_tokens=16, max_passage_tokens=32)
+    backend = ScriptedBackend()
+    texts = [f"passage {i}" for i in range(9)]
+    expected = build(spec, backend=ScriptedBackend(), renderer=PromptRenderer(None, max_passage_tokens=32)).rerank(
+        "q", [Candidate(str(i), 0.0, t) for i, t in enumerate(texts)])
+    sliding = build(SPEC, backend=ScriptedBackend(), renderer=PromptRenderer(None, max_passage_tokens=32)).rerank(
+        "q", [Candidate(str(i), 0.0, t) for i, t in enumerate(texts)])
+    assert expected.docids != sliding.docids  # the methods disagree on this list: the test can tell them apart
+    with serve(backend, lambda b: built(b, spec)) as (base, app):
+        r = httpx.post(base + "/v2/rerank", json={"model": "scripted", "query": "q", "documents": texts,
+                                                  "return_reasoning": True}, timeout=30)
+        assert r.status_code == 200, r.text
+        assert app.state.service.spec.method == "tdpart" and app.state.service.spec.pivot == 2
+    body = r.json()
+    assert [str(x["index"]) for x in body["results"]] == expected.docids
+    windows = body["reasoning"]
+    assert {w["method"] for w in windows} == {"tdpart"} and windows[0]["role"] == "first"
+    assert all(w["start"] is None and w["end"] is None for w in windows)
+    assert len(windows) == len(expected.traces)

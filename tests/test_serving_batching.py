@@ -13,8 +13,9 @@ import threading
 import time
 
 import pytest
+from doubles import DoubleBackend
 
-from reasonrank.backends.base import Generation, SamplingParams
+from reasonrank.backends.base import Capabilities, Generation, SamplingParams
 from reasonrank.serving.batching import BatchingBackend, RequestCancelled
 from reasonrank.serving.config import ServeConfig, model_names, read_api_keys
 from reasonrank.serving.schema import ApiError, Limits, parse_request, relevance_score
@@ -25,8 +26,8 @@ def P(tag: str) -> Prompt:
     return Prompt([{"role": "user", "content": tag}], tag)
 
 
-class GatedBackend:
-    """Records each generate() call; while `gate` is clear, calls block (the model is 'busy')."""
+class GatedBackend(DoubleBackend):
+    """Test double: records each generate() call; while `gate` is clear, calls block (the model is 'busy')."""
 
     name, model = "gated", "gated-model"
 
@@ -167,8 +168,8 @@ def test_close_finishes_queued_work():
         batcher.generate([P("after")], SamplingParams())
 
 
-class ReverseBackend:
-    """Answers every window with its passages in reverse order (prompts rendered without a tokenizer)."""
+class ReverseBackend(DoubleBackend):
+    """Test double: answers every window with its passages in reverse order (prompts rendered without a tokenizer)."""
 
     name, model = "reverse", "reverse-model"
 
@@ -210,6 +211,57 @@ def test_listwise_rerankers_over_the_batcher_match_sequential_results():
 
         assert sum(inner.calls) == sum(len(window_schedule(len(r.candidates), 4, 2)) for r in requests)  # every window once ...
         assert len(inner.calls) < sum(inner.calls)  # ... in fewer backend calls than windows
+    finally:
+        batcher.close()
+
+
+class ServerLikeBackend(ReverseBackend):
+    """Test double of an HTTP engine: can send text or chat messages, keeps stats, set to send text."""
+
+    capabilities = Capabilities(batch_size=3, prompt_formats=("text", "messages"), logprobs=True, concurrency=4, stats=True)
+
+    def __init__(self):
+        super().__init__()
+        self.prompt_format = "text"
+        self.stats = {"requests": 7, "dropped_fields": {"http://x/v1": ["seed"]}}
+        self.fingerprints = 0
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+    def fingerprint(self) -> dict:
+        self.fingerprints += 1
+        return {"backend": "server-like", "model": self.model, "revision": "r1"}
+
+
+def test_a_client_is_the_engine_to_its_reranker(qwen_tokenizer, caplog):
+    """What a reranker reads of its backend is the engine's through the batcher: capabilities (but any batch
+    size: the batcher gathers), prompt format, fingerprint (computed once), stats; close() leaves the engine
+    alone. So a reranker built on a client under an HTTP engine sending text warns of no chat messages (it
+    did for every request under `serve -b openai`) and reports the engine's dropped fields."""
+    from reasonrank.prompts import PromptRenderer
+    from reasonrank.spec import RerankerSpec, build
+    from reasonrank.types import Candidate
+
+    engine = ServerLikeBackend()
+    batcher = BatchingBackend(engine, max_batch=8, max_wait=0.0)
+    try:
+        client = batcher.client()
+        assert client.capabilities == Capabilities(batch_size=None, prompt_formats=("text", "messages"), logprobs=True,
+                                                   concurrency=4, stats=True)
+        assert client.prompt_format == "text" and client.stats is engine.stats
+        assert client.fingerprint() == batcher.client().fingerprint() == engine.fingerprint() and engine.fingerprints == 2
+        renderer = PromptRenderer(qwen_tokenizer, max_passage_tokens=16)
+        with caplog.at_level("WARNING"):
+            reranker = build(RerankerSpec(window=4, step=2, max_new_tokens=8), backend=client, renderer=renderer)
+            result = reranker.rerank("q", [Candidate(str(i), 0.0, f"doc {i}") for i in range(3)])
+        assert "chat messages" not in caplog.text
+        assert reranker.stats.prompt_format == "text" and result.docids == ["2", "1", "0"]
+        assert reranker.stats.to_dict()["dropped_fields"] == {"http://x/v1": ["seed"]}
+        assert reranker.journal.engine["revision"] == "r1"  # keyed by the engine's own identity
+        client.close()
+        assert not engine.closed  # the engine is the service's
     finally:
         batcher.close()
 
@@ -272,3 +324,20 @@ def test_model_names_include_registry_aliases():
     # a reranker factory's model: named after the backend's model, not the registry default
     served, names = model_names(ServeConfig(), "/models/my-reranker", registry=False)
     assert served == "my-reranker" and "default" not in names
+    # a factory's spec names its model: that one's names
+    served, names = model_names(ServeConfig(), "/x/model.gguf", registry=False, model="reasonrank-7b")
+    assert served == "reasonrank-7b" and "model.gguf" in names
+
+
+def test_config_holds_a_spec_and_refuses_what_a_service_cannot_do():
+    from reasonrank.errors import ReasonRankError
+    from reasonrank.spec import RerankerSpec
+
+    config = ServeConfig(RerankerSpec(model="reasonrank-7b", method="tdpart", window=10))
+    assert config.model == "reasonrank-7b" and config.spec.method == "tdpart"
+    with pytest.raises(ReasonRankError, match="keeps no journal"):
+        ServeConfig(RerankerSpec(journal="x.jsonl"))
+    with pytest.raises(ReasonRankError, match="listwise methods"):
+        ServeConfig(RerankerSpec(method="pointwise"))
+    with pytest.raises(ReasonRankError, match="max_batch must be a positive integer"):
+        ServeConfig(max_batch=0)

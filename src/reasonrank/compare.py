@@ -5,6 +5,7 @@
     print(table.to_markdown())
 
     reasonrank compare ../shared/data/scifact --queries 20 --depth 20      # the typer command below
+    reasonrank compare -o table.md                                         # scifact from the data folder
 
 Columns, per reranker:
 
@@ -42,6 +43,7 @@ from typing import Any
 import typer
 
 from reasonrank.evaluation import evaluate
+from reasonrank.spec import RerankerSpec, spec_options
 from reasonrank.types import Request, Result
 
 DEFAULT_MEASURES = ("nDCG@10", "Recall@10")
@@ -259,57 +261,52 @@ def build_rerankers(
     model: str | None = None,
     backend: str | None = None,
     top_k: int = 100,
-    max_passage_tokens: int | None = 100,
+    max_passage_tokens: int | None = None,
+    collection: str | None = None,
     listwise_max_new_tokens: int = 512,
     rankgpt_max_new_tokens: int = 120,
     pointwise_think_tokens: int = 128,
     biencoder_model: str | None = None,
     threads: int | None = None,
     n_ctx: int | None = None,
+    spec: RerankerSpec | None = None,
 ) -> dict[str, Any]:
-    """The standard line-up, in the order asked: bm25 (FirstStage), biencoder, rankgpt and listwise
-    (ListwiseReranker, prompt modes rankgpt and reasonrank), pointwise (Rank1-style). The LLM rerankers
-    share one loaded backend."""
+    """The standard line-up, in the order asked: bm25 (FirstStage), biencoder, rankgpt and listwise (the
+    sliding window with prompt modes rankgpt and reasonrank), pointwise (Rank1-style).
+
+    The LLM rerankers are specs built on one loaded engine (`build(spec, backend=engine)`): the engine is
+    `spec`'s (its model, backend, backend options, adapter and tokenizer), else `model`/`backend` with
+    `threads`/`n_ctx` as backend options. The passage cut is `max_passage_tokens`, else the rule of the
+    `collection` named (100 tokens for BEIR), else 512."""
+    from reasonrank.spec import RerankerSpec, build, load_backend
+
     unknown = [n for n in names if n not in RERANKER_NAMES]
     if unknown:
         raise ValueError(f"unknown reranker(s) {unknown}; choose from {', '.join(RERANKER_NAMES)}")
+    engine_options = {k: v for k, v in (("n_threads", threads), ("n_ctx", n_ctx)) if v}
+    if spec is None:
+        spec = RerankerSpec.from_options(model, backend, **engine_options)
+    elif model is not None or backend is not None:
+        raise ValueError("pass either spec= or model and backend, not both")
+    elif engine_options:
+        spec = spec.replace(backend_options={**spec.backend_options, **engine_options})
+    base = spec.replace(method="sliding", top_k=top_k, max_passage_tokens=max_passage_tokens, journal=None, progress=False)
+    specs = {
+        "rankgpt": base.replace(mode="rankgpt", max_new_tokens=rankgpt_max_new_tokens),
+        "listwise": base.replace(mode="reasonrank", max_new_tokens=listwise_max_new_tokens),
+        "pointwise": base.replace(method="pointwise", mode=None, max_new_tokens=pointwise_think_tokens),
+    }
+    engine = load_backend(base) if any(n in specs for n in names) else None
     out: dict[str, Any] = {}
-    engine = tokenizer = None
-    if any(n in ("rankgpt", "listwise", "pointwise") for n in names):
-        from reasonrank.backends.factory import get_backend, tokenizer_source
-        from reasonrank.tokenizer import load_tokenizer
-
-        options = {}
-        if threads:
-            options["n_threads"] = threads
-        if n_ctx:
-            options["n_ctx"] = n_ctx
-        engine = get_backend(backend, model, **options)
-        source = tokenizer_source(engine.name, model)
-        tokenizer = load_tokenizer(source) if source else None
     for n in names:
         if n == "bm25":
             out[n] = FirstStage()
         elif n == "biencoder":
             from reasonrank.rerankers.biencoder import BiEncoderReranker
 
-            out[n] = BiEncoderReranker(biencoder_model, top_k=top_k, n_threads=threads)
-        elif n in ("rankgpt", "listwise"):
-            from reasonrank.backends.base import SamplingParams
-            from reasonrank.prompts import PromptRenderer
-            from reasonrank.rerankers.listwise import ListwiseReranker
-
-            mode = "rankgpt" if n == "rankgpt" else "reasonrank"
-            budget = rankgpt_max_new_tokens if n == "rankgpt" else listwise_max_new_tokens
-            renderer = PromptRenderer(tokenizer, mode=mode, max_passage_tokens=max_passage_tokens)
-            out[n] = ListwiseReranker(engine, renderer, top_k=top_k, window=min(20, top_k), step=min(10, top_k),
-                                      params=SamplingParams(max_new_tokens=budget))
+            out[n] = BiEncoderReranker(biencoder_model, top_k=top_k, n_threads=base.backend_options.get("n_threads"))
         else:
-            from reasonrank.rerankers.pointwise import PointwisePrompter, PointwiseReranker
-
-            template = "rank1" if "rank1" in str(model or "").lower() else "rank1-chat"
-            out[n] = PointwiseReranker(engine, PointwisePrompter(tokenizer, template, max_passage_tokens), top_k=top_k,
-                                       think_tokens=pointwise_think_tokens)
+            out[n] = build(specs[n], backend=engine, collection=collection)
     return out
 
 
@@ -334,38 +331,54 @@ def _plot(table, output: Path) -> str:
     return f"\n\n![nDCG@10 against seconds per query]({svg.name})"
 
 
+# the spec fields compare sets itself, per reranker (the engine's fields stay options: model, backend, adapter, ...)
+NOT_COMPARE_OPTIONS = ("method", "mode", "top_k", "window", "step", "passes", "pivot", "max_new_tokens", "journal",
+                       "journal_policy", "progress")
+
+
+def default_collection() -> str:
+    from reasonrank.paths import data_dir
+
+    return str(data_dir() / "scifact")
+
+
 @app.command("compare")
+@spec_options(exclude=NOT_COMPARE_OPTIONS)
 def compare_command(
-    collection: str = typer.Argument(..., help="A collection directory (BEIR layout, e.g. ../shared/data/scifact)."),
+    spec: RerankerSpec,
+    collection: str | None = typer.Argument(None, help="A collection directory (BEIR layout; default: scifact in the data "
+                                                        "folder, $REASONRANK_DATA or ../shared/data)."),
+    collection_option: str | None = typer.Option(None, "--collection", "-c", help="The collection, as an option (as other commands take it)."),
     rerankers: str = typer.Option(",".join(RERANKER_NAMES), help=f"Comma-separated, from: {', '.join(RERANKER_NAMES)}."),
     queries: int | None = typer.Option(20, help="Judged queries sampled (fixed seed); 0 = all."),
     seed: int = typer.Option(0, help="Seed of the query sample."),
     depth: int = typer.Option(20, help="BM25 candidates per query, all reranked."),
-    model: str | None = typer.Option(None, help="LLM for rankgpt/listwise/pointwise (default: the embedded GGUF)."),
-    backend: str | None = typer.Option(None, help="llamacpp, hf, vllm or openai."),
-    max_passage_tokens: int = typer.Option(100, help="Passage budget in model tokens (ReasonRank uses 100 for BEIR)."),
     listwise_max_new_tokens: int = typer.Option(512, help="Generation budget of the listwise reasoning reranker."),
     rankgpt_max_new_tokens: int = typer.Option(120, help="Generation budget of the RankGPT listwise reranker."),
     pointwise_think_tokens: int = typer.Option(128, help="Reasoning budget per (query, passage) pair."),
     biencoder_model: str | None = typer.Option(None, help="sentence-transformers model (default all-MiniLM-L6-v2, offline)."),
     reference: str = typer.Option("auto", help="Row the s/query ratio is taken against ('auto': listwise reasoning)."),
     interleave: int = typer.Option(1, help="Queries per turn: every reranker runs a chunk before the next chunk."),
-    threads: int | None = typer.Option(None, help="CPU threads for llama.cpp and torch."),
-    n_ctx: int | None = typer.Option(8192, help="llama.cpp context window."),
     output: Path | None = typer.Option(None, "--output", "-o",
                                        help="Also write the Markdown table here (and the full record as .json beside it)."),
 ):
-    """Run the chosen rerankers on the same BM25 candidates and print one table."""
+    """Run the chosen rerankers on the same BM25 candidates and print one table (LLM rerankers: one engine,
+    the --model/--backend given; passages cut by the collection's rule unless --max-passage-tokens)."""
+    from reasonrank.errors import ReasonRankError
     from reasonrank.io import load_collection
 
+    if collection and collection_option and collection != collection_option:
+        raise ReasonRankError(f"two collections given: {collection} and --collection {collection_option}")
     names = [n.strip() for n in rerankers.split(",") if n.strip()]
-    coll = load_collection(collection)
+    coll = load_collection(collection or collection_option or default_collection())
     qs = sample_queries(coll, queries or None, seed)
     requests = bm25_requests(coll, qs, depth)
-    line_up = build_rerankers(names, model=model, backend=backend, top_k=depth, max_passage_tokens=max_passage_tokens,
-                              listwise_max_new_tokens=listwise_max_new_tokens, rankgpt_max_new_tokens=rankgpt_max_new_tokens,
-                              pointwise_think_tokens=pointwise_think_tokens, biencoder_model=biencoder_model,
-                              threads=threads, n_ctx=n_ctx if backend in (None, "llamacpp") else None)
+    try:
+        line_up = build_rerankers(names, spec=spec, top_k=depth, max_passage_tokens=spec.max_passage_tokens, collection=coll.name,
+                                  listwise_max_new_tokens=listwise_max_new_tokens, rankgpt_max_new_tokens=rankgpt_max_new_tokens,
+                                  pointwise_think_tokens=pointwise_think_tokens, biencoder_model=biencoder_model)
+    except ValueError as exc:
+        raise ReasonRankError(str(exc)) from None
     table = compare(line_up, requests, coll.qrels(), reference=None if reference == "none" else reference,
                     interleave=interleave or None, log=lambda m: typer.echo(m, err=True))
     typer.echo(table.to_text())

@@ -1,62 +1,84 @@
-"""What the adapters share: building (or taking) the reranker, one model call at a time per engine,
-and reranking a list of texts with the HTTP service's checks and scores."""
+"""What the adapters share: building (or taking) the reranker, and reranking a list of texts with the HTTP
+service's checks and scores.
+
+Every adapter builds its reranker as every face does, `reasonrank.spec.build(spec)`, from `spec=` or from
+the Python faces' `(model, backend, **options)` (`RerankerSpec.from_options`). No lock and no per-call copy
+here: a backend guards itself (its declared concurrency), a reranker is safe to call from several threads,
+and a reranker without a journal file keeps nothing in memory."""
 
 from __future__ import annotations
 
-import copy
-import threading
-import weakref
 from typing import Any, Sequence
 
-from reasonrank.journal import Journal
-from reasonrank.rerankers import ListwiseReranker, Reranker
 from reasonrank.serving.schema import relevance_score
 from reasonrank.types import Candidate
 from reasonrank.validation import check_rerank_input
 
-_locks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_locks_guard = threading.Lock()
+
+def build_reranker(model: str | None, backend: str | None, reranker: Any | None, options: dict[str, Any], *,
+                   spec: Any | None = None, journal: bool = True):
+    """`reranker` as given (one loaded model shared by several adapters), else `build(spec)`, where the spec
+    is `spec` or `RerankerSpec.from_options(model, backend, **options)` (options named like a spec field set
+    it, the others go to the backend: `n_threads=1`, `base_urls=[...]`).
+
+    `journal=False` for the adapters that rerank one request at a time: a journal file is refused (before
+    a model loads), as a per-call reranking is no run to resume."""
+    from reasonrank.spec import RerankerSpec, build
+
+    if reranker is not None and (spec is not None or model is not None or backend is not None or options):
+        raise ValueError("pass either reranker= or what to build one from (spec=, or the model, backend and options), not both")
+    if spec is not None and (model is not None or backend is not None or options):
+        raise ValueError("pass either spec= or the model, backend and options, not both")
+    if reranker is None:
+        spec = spec if spec is not None else RerankerSpec.from_options(model, backend, **options)
+        if not journal:
+            check_adapter_spec(spec)
+        return build(spec)
+    if not journal:
+        _refuse_journal(journal_path(reranker))
+    return reranker
 
 
-def build_reranker(model: str | None, backend: str | None, reranker: ListwiseReranker | None,
-                   options: dict[str, Any], *, journal: bool = True) -> ListwiseReranker:
-    """`reranker` as given (one loaded model shared by several adapters), else `Reranker(model, backend, **options)`.
+def check_adapter_spec(spec) -> None:
+    """A spec an adapter that reranks one request at a time can take: one without a journal file."""
+    _refuse_journal(spec.journal)
 
-    `journal=False` for the adapters that rerank one request at a time: each request runs with its own
-    in-memory journal (see per_request), so a journal file would silently stay empty; it is refused,
-    before a model loads."""
-    if reranker is not None and (model is not None or backend is not None or options):
-        raise ValueError("pass either reranker= or the model, backend and options to build one, not both")
-    given = reranker.journal if reranker is not None else options.get("journal")
-    path = given.path if isinstance(given, Journal) else given
-    if not journal and path is not None:
+
+def _refuse_journal(path) -> None:
+    if path is not None:
         raise ValueError(f"this adapter reranks one request at a time and keeps no journal file; "
                          f"build the reranker without journal= (got {path})")
-    return reranker if reranker is not None else Reranker(model, backend, **options)
 
 
-def engine_lock(reranker: ListwiseReranker) -> threading.Lock:
-    """The lock of the reranker's engine. LangChain and LlamaIndex run async calls in worker threads and MCP
-    runs tools in them, but an engine (llama.cpp above all) must not be entered by two threads at once."""
-    with _locks_guard:
-        return _locks.setdefault(reranker.backend, threading.Lock())
+def journal_path(reranker) -> str | None:
+    """The journal file a reranker writes, if any: its spec's (built rerankers), else its journal's."""
+    spec = getattr(reranker, "spec", None)
+    if spec is not None:
+        return spec.journal
+    journal = getattr(reranker, "journal", None)
+    path = getattr(journal, "path", None)
+    return str(path) if path is not None else None
 
 
-def per_request(reranker: ListwiseReranker) -> ListwiseReranker:
-    """The reranker one request runs on: a shallow copy (same engine, settings and stats) with an empty
-    journal. A reranker keeps every window it ran in its in-memory journal, which in a long-lived server or
-    RAG app would grow without bound."""
-    call = copy.copy(reranker)
-    call.journal = Journal(None)
-    return call
+def _candidates(query: Any, texts: Sequence[Any], top_n: Any) -> tuple[int, list[Candidate]]:
+    n = check_rerank_input(query, texts, top_n)
+    # positions as ids: texts carry none
+    return n, [Candidate(str(i), 0.0, text) for i, text in enumerate(texts)]
 
 
-def rerank_texts(reranker: ListwiseReranker, query: Any, texts: Sequence[Any], top_n: Any = None) -> list[tuple[int, float]]:
+def _ranked(result, n: int) -> list[tuple[int, float]]:
+    return [(int(c.docid), relevance_score(rank)) for rank, c in enumerate(result.candidates[:n])]
+
+
+def rerank_texts(reranker, query: Any, texts: Sequence[Any], top_n: Any = None) -> list[tuple[int, float]]:
     """(index into `texts`, relevance score) best first, `top_n` of them (None: all). Bad input raises
     reasonrank.validation.InvalidInput; scores are the HTTP service's, 1 / (rank + 1)."""
-    n = check_rerank_input(query, texts, top_n)
-    # positions as ids: texts carry none, and each request has its own journal (see per_request)
-    candidates = [Candidate(str(i), 0.0, text) for i, text in enumerate(texts)]
-    with engine_lock(reranker):
-        result = per_request(reranker).rerank(query, candidates)
-    return [(int(c.docid), relevance_score(rank)) for rank, c in enumerate(result.candidates[:n])]
+    n, candidates = _candidates(query, texts, top_n)
+    return _ranked(reranker.rerank(query, candidates), n)
+
+
+async def arerank_texts(reranker, query: Any, texts: Sequence[Any], top_n: Any = None) -> list[tuple[int, float]]:
+    """`rerank_texts` for async callers: `reranker.arerank` (the reranking runs in a worker thread, so the
+    event loop stays free)."""
+    n, candidates = _candidates(query, texts, top_n)
+    return _ranked(await reranker.arerank(query, candidates), n)

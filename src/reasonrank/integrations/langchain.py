@@ -16,7 +16,6 @@ require("langchain_core", "langchain", "The LangChain integration")
 from langchain_core.callbacks import Callbacks  # noqa: E402
 from langchain_core.documents import BaseDocumentCompressor, Document  # noqa: E402
 
-from reasonrank.integrations._common import rerank_texts  # noqa: E402
 from reasonrank.integrations._fields import RerankerFields  # noqa: E402
 
 SCORE_KEY = "relevance_score"  # the metadata key of LangChain's CohereRerank, so code reading it works with either
@@ -28,17 +27,22 @@ class ReasonRankCompressor(RerankerFields, BaseDocumentCompressor):
     Each document returned is a copy whose `metadata["relevance_score"]` is 1 / (rank + 1), the HTTP
     service's score: 1.0 for the best, decreasing down the list. Bad input (an empty query, no documents,
     a document without text, `top_n` below 1) raises `reasonrank.validation.InvalidInput`, a ValueError.
-    `acompress_documents` (LangChain's default) runs the same reranking in a worker thread, so an event
-    loop is never blocked; calls on one engine take turns.
+    `acompress_documents` awaits the reranker's `arerank` (the reranking runs in a worker thread), so an
+    event loop is never blocked; the engine takes concurrent calls as its backend allows.
 
-    `ReasonRankCompressor(model=None, backend=None, top_n=3, **options)` builds `Reranker(model, backend,
-    **options)`; `reranker=` takes one already built instead (one model for several adapters). Each
-    call reranks with its own in-memory journal, so a reranker journaling to a file is refused.
+    `ReasonRankCompressor(model=None, backend=None, top_n=3, **options)` builds
+    `build(RerankerSpec.from_options(model, backend, **options))`; `spec=` builds a spec as given, and
+    `reranker=` takes one already built (one model for several adapters). Each call is one request, no
+    run to resume: a reranker journaling to a file is refused.
     """
 
-
     def compress_documents(self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None) -> Sequence[Document]:
-        ranked = rerank_texts(self._reranker, query, [d.page_content for d in documents], self.top_n)
+        ranked = self._rank(query, [d.page_content for d in documents])
+        return [_scored(documents[i], score) for i, score in ranked]
+
+    async def acompress_documents(self, documents: Sequence[Document], query: str,
+                                  callbacks: Callbacks | None = None) -> Sequence[Document]:
+        ranked = await self._arank(query, [d.page_content for d in documents])
         return [_scored(documents[i], score) for i, score in ranked]
 
 

@@ -17,7 +17,6 @@ from llama_index.core.callbacks import CBEventType, EventPayload  # noqa: E402
 from llama_index.core.postprocessor.types import BaseNodePostprocessor  # noqa: E402
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle  # noqa: E402
 
-from reasonrank.integrations._common import rerank_texts  # noqa: E402
 from reasonrank.integrations._fields import RerankerFields  # noqa: E402
 
 
@@ -27,25 +26,42 @@ class ReasonRankPostprocessor(RerankerFields, BaseNodePostprocessor):
     Returns `NodeWithScore`s in the new order, each scored 1 / (rank + 1) (the HTTP service's score). The
     model reads each node's content without metadata. Bad input (no query, no nodes, a node without text,
     `top_n` below 1) raises `reasonrank.validation.InvalidInput`, a ValueError. `apostprocess_nodes`
-    (LlamaIndex's default) runs the same reranking in a worker thread; calls on one engine take turns.
+    awaits the reranker's `arerank` (the reranking runs in a worker thread, the event loop stays free).
 
-    `ReasonRankPostprocessor(model=None, backend=None, top_n=3, **options)` builds `Reranker(model, backend,
-    **options)`; `reranker=` takes one already built instead (one model for several adapters). Each
-    call reranks with its own in-memory journal, so a reranker journaling to a file is refused.
+    `ReasonRankPostprocessor(model=None, backend=None, top_n=3, **options)` builds
+    `build(RerankerSpec.from_options(model, backend, **options))`; `spec=` builds a spec as given, and
+    `reranker=` takes one already built (one model for several adapters). Each call is one request, no
+    run to resume: a reranker journaling to a file is refused.
     """
-
 
     @classmethod
     def class_name(cls) -> str:
         return "ReasonRankPostprocessor"
 
     def _postprocess_nodes(self, nodes: List[NodeWithScore], query_bundle: Optional[QueryBundle] = None) -> List[NodeWithScore]:
-        query = query_bundle.query_str if query_bundle is not None else ""
-        texts = [n.node.get_content(metadata_mode=MetadataMode.NONE) for n in nodes]
-        payload = {EventPayload.NODES: nodes, EventPayload.MODEL_NAME: getattr(self._reranker.backend, "model", ""),
-                   EventPayload.QUERY_STR: query, EventPayload.TOP_K: self.top_n}
-        with self.callback_manager.event(CBEventType.RERANKING, payload=payload) as event:
-            ranked = rerank_texts(self._reranker, query, texts, self.top_n)
-            out = [NodeWithScore(node=nodes[i].node, score=score) for i, score in ranked]
+        query, texts = _inputs(nodes, query_bundle)
+        with self.callback_manager.event(CBEventType.RERANKING, payload=self._payload(nodes, query)) as event:
+            out = _scored(nodes, self._rank(query, texts))
             event.on_end(payload={EventPayload.NODES: out})
         return out
+
+    async def _apostprocess_nodes(self, nodes: List[NodeWithScore], query_bundle: Optional[QueryBundle] = None) -> List[NodeWithScore]:
+        query, texts = _inputs(nodes, query_bundle)
+        with self.callback_manager.event(CBEventType.RERANKING, payload=self._payload(nodes, query)) as event:
+            out = _scored(nodes, await self._arank(query, texts))
+            event.on_end(payload={EventPayload.NODES: out})
+        return out
+
+    def _payload(self, nodes: List[NodeWithScore], query: str) -> dict:
+        return {EventPayload.NODES: nodes, EventPayload.MODEL_NAME: self._reranker.backend.model,
+                EventPayload.QUERY_STR: query, EventPayload.TOP_K: self.top_n}
+
+
+def _inputs(nodes: List[NodeWithScore], query_bundle: Optional[QueryBundle]) -> tuple[str, list[str]]:
+    """The query and what the model reads of each node: its content without metadata."""
+    query = query_bundle.query_str if query_bundle is not None else ""
+    return query, [n.node.get_content(metadata_mode=MetadataMode.NONE) for n in nodes]
+
+
+def _scored(nodes: List[NodeWithScore], ranked: list[tuple[int, float]]) -> List[NodeWithScore]:
+    return [NodeWithScore(node=nodes[i].node, score=score) for i, score in ranked]

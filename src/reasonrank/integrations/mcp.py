@@ -3,6 +3,11 @@ Protocol tools, served with the official `mcp` SDK.
 
     reasonrank mcp                                                # stdio: what MCP hosts and agents launch
     reasonrank mcp --transport streamable-http --port 8001        # http://127.0.0.1:8001/mcp
+    reasonrank mcp --method tdpart -m reasonrank-7b -b vllm       # any reranker setting, as `rerank` takes it
+
+The reranker is `build(spec)` of the spec the options give (`reasonrank.spec.spec_options`: the same flags
+as every command that reranks, less --traces: a tool call keeps no journal). Nothing here writes to stdout,
+which the stdio transport owns; logs go to stderr.
 
 Tools:
 
@@ -34,8 +39,11 @@ from typing import Annotated, Callable, Dict, List, Optional, Union
 
 import typer
 
-from reasonrank.backends.base import ANSWER_BUDGET, REASONING_BUDGET
 from reasonrank.errors import FormatError, ReasonRankError, require
+from reasonrank.spec import RerankerSpec, spec_options
+
+# what a tool call cannot honour: it reranks one request at a time (no journal file), and shows no bar
+NOT_SERVED = ("journal", "journal_policy", "progress")
 
 log = logging.getLogger("reasonrank.mcp")
 
@@ -70,12 +78,14 @@ class BackgroundModel:
             self._future.result().close()
 
 
-def build_server(reranker, name: str = "reasonrank"):
-    """An `mcp.server.MCPServer` with the tools `rerank` (on `reranker`: a ListwiseReranker or a BackgroundModel)
-    and `evaluate`."""
+def build_server(reranker, name: str = "reasonrank", top_k: int | None = None):
+    """An `mcp.server.MCPServer` with the tools `rerank` (on `reranker`: a built reranker or a BackgroundModel
+    building one) and `evaluate`. `top_k` (default: the reranker's) is only told in the tool's description."""
     sdk = require("mcp.server.mcpserver", "mcp", "The MCP server")
     server = sdk.MCPServer(name, instructions=INSTRUCTIONS)
-    _add_rerank_tool(server, reranker.get if isinstance(reranker, BackgroundModel) else lambda: reranker)
+    if top_k is None and not isinstance(reranker, BackgroundModel):
+        top_k = getattr(reranker, "top_k", None)
+    _add_rerank_tool(server, reranker.get if isinstance(reranker, BackgroundModel) else lambda: reranker, top_k)
     _add_evaluate_tool(server)
     return server
 
@@ -92,7 +102,7 @@ def _as_tool_error():
         raise ToolError(str(exc)) from exc
 
 
-def _add_rerank_tool(server, reranker: Callable[[], object]) -> None:
+def _add_rerank_tool(server, reranker: Callable[[], object], top_k: int | None) -> None:
     from mcp.types import ToolAnnotations
     from pydantic import BaseModel, Field
 
@@ -110,7 +120,7 @@ def _add_rerank_tool(server, reranker: Callable[[], object]) -> None:
     def rerank(
         query: Annotated[str, Field(description="What the documents should answer.")],
         documents: Annotated[List[str], Field(description="Passage texts, none blank, in first-stage order (best first); "
-                                                          "beyond the server's --top-k (100) they keep their order.")],
+                                                          f"beyond the server's --top-k ({top_k or 100}) they keep their order.")],
         top_n: Annotated[Optional[int], Field(description="How many results to return (at least 1; default: all).")] = None,
     ) -> Ranking:
         """Rerank documents by relevance to the query with a listwise reasoning model: it reads windows of
@@ -176,30 +186,19 @@ class Transport(str, Enum):
 
 
 @app.command("mcp")
+@spec_options(exclude=NOT_SERVED)
 def mcp_command(
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Registry name, GGUF file, model directory or hub id (default: the embedded model)."),
-    backend: Optional[str] = typer.Option(None, "--backend", "-b", help="llamacpp, hf, vllm or openai (guessed from the model when omitted)."),
-    backend_option: Optional[List[str]] = typer.Option(None, "--backend-option", "-o", help="NAME=VALUE passed to the backend (n_threads=4, base_url=...). Repeatable."),
-    mode: Optional[str] = typer.Option(None, help="Prompt mode: reasonrank, rankgpt, qwen3 (default: the model's)."),
-    tokenizer: Optional[str] = typer.Option(None, help="Where to load the tokenizer/chat template from (default: the model's)."),
-    max_passage_tokens: int = typer.Option(512, help="Each document is cut to this many tokens in the prompt."),
-    top_k: int = typer.Option(100, help="Documents reranked per call; the rest keep their order below."),
-    window: int = typer.Option(20, help="Documents per sliding window."),
-    step: int = typer.Option(10, help="Sliding window step."),
-    max_new_tokens: int = typer.Option(REASONING_BUDGET + ANSWER_BUDGET, help="Generation budget per window (reasoning + answer)."),
+    spec: RerankerSpec,
     transport: Transport = typer.Option(Transport.stdio, help="stdio (launched by an MCP host) or streamable-http."),
     host: str = typer.Option("127.0.0.1", help="streamable-http: address to listen on."),
     port: int = typer.Option(8000, help="streamable-http: port to listen on (the endpoint is /mcp)."),
 ):
     """Serve the tools rerank and evaluate over the Model Context Protocol (the model loads meanwhile)."""
-    from reasonrank.rerankers import Reranker
-    from reasonrank.serving.commands import _options
+    from reasonrank.spec import build
 
-    options = _options(backend_option)
     require("mcp.server.mcpserver", "mcp", "The MCP server")  # before a model starts loading
-    loading = BackgroundModel(lambda: Reranker(model, backend, mode=mode, tokenizer=tokenizer, max_passage_tokens=max_passage_tokens,
-                                               top_k=top_k, window=window, step=step, max_new_tokens=max_new_tokens, **options))
-    server = build_server(loading)
+    loading = BackgroundModel(lambda: build(spec))
+    server = build_server(loading, top_k=spec.top_k)
     try:
         if transport is Transport.stdio:
             server.run("stdio")
@@ -207,3 +206,4 @@ def mcp_command(
             server.run("streamable-http", host=host, port=port)
     finally:
         loading.close()
+

@@ -19,9 +19,8 @@ from pathlib import Path
 from typing import Sequence
 
 from reasonrank.errors import UnknownIdError, require
-from reasonrank.integrations._common import build_reranker, engine_lock
+from reasonrank.integrations._common import build_reranker
 from reasonrank.io import Collection, load_collection
-from reasonrank.rerankers import ListwiseReranker
 from reasonrank.retrieval import BM25Index
 from reasonrank.types import Candidate, Query, Request, Result
 from reasonrank.validation import InvalidInput, check_query
@@ -49,7 +48,8 @@ def qrels_frame(collection: Collection | str | Path) -> pd.DataFrame:
 
 
 class ReasonRankReranker(pt.Transformer):
-    """Rerank a result frame (`qid, query, docno, text[, title, score, rank]`) with the listwise reasoning model.
+    """Rerank a result frame (`qid, query, docno, text[, title, score, rank]`) with the reranker a spec builds
+    (the listwise reasoning model by default).
 
     The frame comes back in the new order with a new `score` (rank-derived, higher is better) and `rank`;
     every other column is kept. Each query's candidates enter in first-stage order (by `score` when the
@@ -57,13 +57,14 @@ class ReasonRankReranker(pt.Transformer):
     rerank` does. All queries of a frame go to one `rerank_batch`, so the windows of many queries at the
     same step share backend calls.
 
-    `ReasonRankReranker(model=None, backend=None, **options)` builds `Reranker(model, backend, **options)`
-    (top_k, window, step, max_new_tokens, journal, ...); `reranker=` takes one already built instead.
+    `ReasonRankReranker(model=None, backend=None, **options)` builds `build(RerankerSpec.from_options(model,
+    backend, **options))` (method, top_k, window, step, max_new_tokens, journal, n_threads, ...); `spec=`
+    builds a spec as given, and `reranker=` takes one already built.
     """
 
-    def __init__(self, model: str | None = None, backend: str | None = None, *, reranker: ListwiseReranker | None = None,
+    def __init__(self, model: str | None = None, backend: str | None = None, *, spec=None, reranker=None,
                  **reranker_options):
-        self.reranker = build_reranker(model, backend, reranker, reranker_options)
+        self.reranker = build_reranker(model, backend, reranker, reranker_options, spec=spec)
 
     def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
         pt.validate.result_frame(inp, extra_columns=["query", "text"])
@@ -71,12 +72,11 @@ class ReasonRankReranker(pt.Transformer):
             return pt.model.add_ranks(inp.assign(score=pd.Series(dtype="float64")))
         frames = [_first_stage_order(frame) for _, frame in inp.groupby("qid", sort=False)]
         requests = [_request(frame) for frame in frames]
-        with engine_lock(self.reranker):
-            results = self.reranker.rerank_batch(requests)
+        results = self.reranker.rerank_batch(requests)
         return pd.concat([_reordered(frame, result) for frame, result in zip(frames, results)], ignore_index=True)
 
     def __repr__(self) -> str:
-        return f"ReasonRankReranker({getattr(self.reranker.backend, 'model', '')!r})"
+        return f"ReasonRankReranker({self.reranker.backend.model!r})"
 
 
 def _first_stage_order(frame: pd.DataFrame) -> pd.DataFrame:

@@ -1,6 +1,6 @@
 """The rerank service: a FastAPI app speaking Cohere's rerank API, backed by the listwise reranker.
 
-    app = create_app(ServeConfig(model=None, backend="llamacpp"))      # or create_app(lambda: Reranker(...))
+    app = create_app(ServeConfig(RerankerSpec(method="tdpart")))    # or create_app(lambda: build(spec), config)
     uvicorn.run(app, host="127.0.0.1", port=8000)
 
 Endpoints:
@@ -12,9 +12,10 @@ Endpoints:
 * GET /metrics: Prometheus text format (requests, latency histogram, windows by parse status, parse
   failures, tokens, backend batch sizes, cancellations, queue depth).
 
-Each request runs its own ListwiseReranker (its RunStats and journal are per request) in a worker
-thread; all of them share one prompt renderer and one BatchingBackend, so windows of concurrent
-requests go to the model in the same generate() call (see reasonrank.serving.batching).
+Each request runs its own reranker, `build(spec.replace(top_k=...))` of the served spec (sliding or
+tdpart, its RunStats per request, no journal), in a worker thread; all of them share one prompt
+renderer and one BatchingBackend, so windows of concurrent requests go to the model in the same
+generate() call (see reasonrank.serving.batching).
 
 Errors are JSON `{"message": ..., "type": ..., "code": status}`: 400 invalid input, 401 missing or
 wrong bearer token, 404 unknown model, 413 body over the size cap, 500 model failure, 503 draining
@@ -26,7 +27,6 @@ requests finish, then the batching worker stops.
 from __future__ import annotations
 
 import asyncio
-import copy
 import hmac
 import json
 import logging
@@ -37,38 +37,28 @@ from contextlib import asynccontextmanager
 from typing import Callable
 
 from reasonrank.errors import require
+from reasonrank.spec import RerankerSpec
 
 fastapi = require("fastapi", "serve", "The rerank service")
 from fastapi import Request  # module level: FastAPI resolves the handlers' annotations here
 
 from reasonrank.serving.batching import BatchingBackend, RequestCancelled
-from reasonrank.serving.config import ServeConfig, model_names
+from reasonrank.serving.config import ServeConfig, check_servable, model_names
 from reasonrank.serving.metrics import Metrics
 from reasonrank.serving.schema import ApiError, Limits, RerankInput, build_response, parse_request
 
 log = logging.getLogger("reasonrank.serving")
 
-RerankerFactory = Callable[[], object]  # () -> ListwiseReranker (its backend, renderer and settings are used)
-
-
-class _SerialRenderer:
-    """The shared PromptRenderer, with render() serialised: Hugging Face fast tokenizers are not safe
-    to call from several threads at once ("Already borrowed"). Rendering is cheap next to generation."""
-
-    def __init__(self, renderer):
-        self._renderer = renderer
-        self._lock = threading.Lock()
-
-    def render(self, query, candidates):
-        with self._lock:
-            return self._renderer.render(query, candidates)
-
-    def __getattr__(self, name):
-        return getattr(self._renderer, name)
+RerankerFactory = Callable[[], object]  # () -> a built reranker (its spec, backend and renderer are used)
 
 
 class RerankService:
-    """The model side of the app: loads once, reranks one validated request at a time per thread."""
+    """The model side of the app: loads once, reranks one validated request at a time per thread.
+
+    The engine (backend and prompt renderer) is built once from `config.spec`, or taken from the reranker
+    a factory returns (its `spec`, backend and renderer). Each request is then reranked by the reranker
+    `build(spec.replace(top_k=...), backend=<the request's batch client>, renderer=<the shared renderer>)`
+    gives: the spec's own method and settings, on the shared engine, with its own stats and no journal."""
 
     def __init__(self, source: ServeConfig | RerankerFactory | None, config: ServeConfig | None = None):
         if isinstance(source, ServeConfig):
@@ -80,7 +70,7 @@ class RerankService:
         self.metrics = Metrics()
         self.batcher: BatchingBackend | None = None
         self.renderer = None
-        self.template = None
+        self.spec: RerankerSpec = self.config.spec.resolved()
         self.served, self.names = model_names(self.config, registry=factory is None)
         self.in_flight = 0
         self.draining = False
@@ -89,41 +79,32 @@ class RerankService:
     # -- lifecycle ----------------------------------------------------------------------------
 
     def load(self) -> None:
+        from reasonrank.spec import build
+
         started = time.perf_counter()
-        template = self.factory() if self.factory is not None else self._build()
-        self.template = template
-        renderer = template.renderer
-        tokenizer = getattr(renderer, "tokenizer", None)
-        if tokenizer is not None and tokenizer is getattr(template.backend, "tokenizer", None):
-            # load_tokenizer() is cached, so an HF backend and the renderer hold the same object; the
-            # batching worker uses the backend's while request threads render: give rendering its own copy
-            from reasonrank.prompts import PromptRenderer
-
-            renderer = PromptRenderer(copy.deepcopy(tokenizer), mode=renderer.template,
-                                      max_passage_tokens=renderer.max_passage_tokens, cache_size=renderer.cache_size)
-        self.renderer = _SerialRenderer(renderer)
+        if self.factory is not None:
+            reranker = self.factory()
+            spec = spec_of(reranker)
+            check_servable(spec)
+            model = spec.model
+        else:
+            reranker = build(self.config.spec)
+            spec, model = reranker.spec, self.config.spec.model
+        self.spec = spec.replace(journal=None, progress=False)
+        self.renderer = reranker.renderer  # PromptRenderer.render is safe from several threads
         self.batcher = BatchingBackend(
-            template.backend, max_batch=self.config.max_batch, max_wait=self.config.batch_wait_ms / 1000.0,
+            reranker.backend, max_batch=self.config.max_batch, max_wait=self.config.batch_wait_ms / 1000.0,
             on_batch=self.metrics.observe_batch, on_drop=self.metrics.dropped_prompts.inc)
-        self.served, self.names = model_names(self.config, getattr(template.backend, "model", None), registry=self.factory is None)
-        log.info("serving %s (%s backend) loaded in %.1fs", self.served, self.batcher.name, time.perf_counter() - started)
-
-    def _build(self):
-        from reasonrank.backends.factory import backend_name
-        from reasonrank.rerankers import Reranker
-
-        c = self.config
-        options = dict(c.backend_options)
-        if backend_name(c.backend, c.model, **options) == "hf":
-            options.setdefault("batch_size", c.max_batch)  # one gathered batch = one padded forward batch
-        return Reranker(c.model, c.backend, mode=c.mode, max_passage_tokens=c.max_passage_tokens, top_k=c.max_documents,
-                        window=c.window, step=c.step, passes=c.passes, max_new_tokens=c.max_new_tokens,
-                        tokenizer=c.tokenizer, **options)
+        self.served, self.names = model_names(self.config, reranker.backend.model, registry=self.factory is None, model=model)
+        log.info("serving %s (%s backend, %s) loaded in %.1fs", self.served, self.batcher.name, self.spec.method,
+                 time.perf_counter() - started)
 
     def close(self) -> None:
         self.draining = True
         if self.batcher is not None:
             self.batcher.close()
+            if self.factory is None:  # the engine the service built; a factory's stays its caller's
+                self.batcher.backend.close()
 
     # -- work ---------------------------------------------------------------------------------
 
@@ -142,25 +123,44 @@ class RerankService:
             self.in_flight -= 1
         self.metrics.in_flight.dec()
 
+    def reranker(self, n_documents: int, cancel: threading.Event | None = None):
+        """The reranker of one request of `n_documents`: the served spec over (at most) its top_k, built on
+        the shared engine through this request's batch client."""
+        from reasonrank.spec import build
+
+        spec = self.spec.replace(top_k=min(self.spec.top_k, n_documents))
+        return build(spec, backend=self.batcher.client(cancel), renderer=self.renderer)
+
     def rerank(self, req: RerankInput, cancel: threading.Event) -> tuple[list[int], list]:
         """(document indices best first, window traces). Blocking; raises RequestCancelled."""
-        from reasonrank.journal import Journal
-        from reasonrank.rerankers.listwise import ListwiseReranker
         from reasonrank.types import Candidate, Query, Request
 
         n = len(req.texts)
         if n == 1:  # nothing to order: no model call
             return [0], []
-        t = self.template
         candidates = [Candidate(str(i), 0.0, text) for i, text in enumerate(req.texts)]
-        reranker = ListwiseReranker(self.batcher.client(cancel), self.renderer, top_k=n, window=t.window, step=t.step,
-                                    passes=t.passes, params=t.params, journal=Journal(None))
-        result = reranker.rerank_batch([Request(Query("q", req.query), candidates)])[0]
+        result = self.reranker(n, cancel).rerank_batch([Request(Query("q", req.query), candidates)])[0]
         traces = result.traces
         self.metrics.observe_traces(traces)
         if traces and all(tr.status == "backend_error" for tr in traces):
             raise ApiError(500, f"the model failed on every window: {traces[0].raw_output[:500]}", "model_error")
         return [int(c.docid) for c in result.candidates], traces
+
+
+def spec_of(reranker) -> RerankerSpec:
+    """The spec a reranker was built from (`build` sets `.spec`), or, for one constructed by hand, the spec
+    of its settings (method, window, step, passes, pivot, budget, prompt mode, passage cut)."""
+    spec = getattr(reranker, "spec", None)
+    if isinstance(spec, RerankerSpec):
+        return spec
+    method = getattr(reranker, "method", "sliding")
+    fields = dict(top_k=reranker.top_k, window=reranker.window, max_new_tokens=reranker.params.max_new_tokens,
+                  mode=reranker.renderer.mode, max_passage_tokens=reranker.renderer.max_passage_tokens or 0)
+    if method == "tdpart":
+        fields["pivot"] = reranker.k
+    else:
+        fields.update(step=reranker.step, passes=reranker.passes)
+    return RerankerSpec(method=method, **fields).resolved()
 
 
 def _check_auth(service: RerankService, request) -> None:
@@ -195,10 +195,11 @@ async def _read_body(request, cap: int) -> bytes:
 
 
 def create_app(source: ServeConfig | RerankerFactory | None = None, config: ServeConfig | None = None):
-    """A FastAPI app. `source` is a ServeConfig (the model is built from it at startup) or a factory
-    returning a ListwiseReranker whose backend, renderer, window, step, passes and sampling params are
-    used (limits, batching, auth and model names then come from `config`). The model loads in the
-    app's startup (lifespan), so the server answers only once it is ready."""
+    """A FastAPI app. `source` is a ServeConfig (the engine is built from its spec at startup) or a factory
+    returning a built reranker (`build(spec)`, or a ListwiseReranker/TopDownPartitionReranker made by hand)
+    whose spec, backend and renderer are served (limits, batching, auth and model names then come from
+    `config`). The model loads in the app's startup (lifespan), so the server answers only once it is
+    ready."""
     import anyio
     from fastapi.responses import JSONResponse, Response
     from starlette.exceptions import HTTPException as StarletteHTTPException

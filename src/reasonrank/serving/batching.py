@@ -10,6 +10,11 @@ pile up on the queue, so under load every backend call is as full as `max_batch`
 
 Prompts with different SamplingParams are never mixed: a gathered batch is split by params.
 
+A request's `BatchClient` is the engine as its reranker sees it: the engine's name, model, capabilities
+(prompt formats, log-probabilities, stats; its batch size is the batcher's: any number of prompts per
+call), prompt format, fingerprint and stats, so a reranker built on it (`build(spec, backend=client)`) keys its journal,
+renders its prompts and reports its run exactly as on the engine itself.
+
 Cancellation: a request's `BatchClient` carries a `threading.Event`. Once it is set, the client's
 next `generate()` raises `RequestCancelled` without queueing anything (the reranker stops there: no
 further windows), prompts it still has on the queue are dropped by the worker, and a caller waiting
@@ -18,6 +23,7 @@ for a batch already inside the model stops waiting (that batch finishes; its res
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
@@ -67,8 +73,7 @@ class BatchingBackend:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.backend = backend
-        self.name = getattr(backend, "name", "backend")
-        self.model = getattr(backend, "model", "")
+        self.name, self.model = backend.name, backend.model
         self.max_batch = int(max_batch)
         self.max_wait = float(max_wait)
         self.on_batch, self.on_drop = on_batch, on_drop
@@ -77,8 +82,29 @@ class BatchingBackend:
         self._busy = 0  # prompts inside the backend right now
         self.batches = 0
         self.prompts = 0
+        self._fingerprint: dict | None = None
+        self._fingerprint_lock = threading.Lock()
         self._thread = threading.Thread(target=self._work, name="reasonrank-batcher", daemon=True)
         self._thread.start()
+
+    # -- the engine, as every request's client sees it ----------------------------------------
+
+    @property
+    def capabilities(self):
+        """The engine's, except its batch size: callers may hand over any number of prompts (the worker
+        gathers them into calls of at most `max_batch`; the engine chunks those its own way)."""
+        return dataclasses.replace(self.backend.capabilities, batch_size=None)
+
+    def fingerprint(self) -> dict:
+        """The engine's identity, computed once (a reranker is built per request; llama.cpp's hashes its file)."""
+        with self._fingerprint_lock:
+            if self._fingerprint is None:
+                self._fingerprint = dict(self.backend.fingerprint())
+            return dict(self._fingerprint)
+
+    @property
+    def stats(self):
+        return self.backend.stats
 
     # -- callers ------------------------------------------------------------------------------
 
@@ -210,11 +236,38 @@ def _by_params(items: list[_Item]) -> list[list[_Item]]:
 
 
 class BatchClient:
-    """What one request's ListwiseReranker sees as its backend."""
+    """What one request's reranker sees as its backend: `generate` goes through the batcher (and stops on
+    `cancel`); name, model, capabilities, fingerprint and stats are the engine's (see the module docstring);
+    anything else the engine offers (log-probabilities, its prompt-format switch) is the engine's own.
+    `close()` does nothing: the engine belongs to the service, not to a request."""
 
     def __init__(self, batcher: BatchingBackend, cancel: threading.Event | None):
         self._batcher, self.cancel = batcher, cancel
         self.name, self.model = batcher.name, batcher.model
 
+    @property
+    def capabilities(self):
+        return self._batcher.capabilities
+
+    def fingerprint(self) -> dict:
+        return self._batcher.fingerprint()
+
+    @property
+    def stats(self):
+        return self._batcher.stats
+
+    @property
+    def prompt_format(self) -> str:
+        """How the engine sends prompts ("text" or "messages"), as the service's build set it once."""
+        return self._batcher.backend.prompt_format
+
     def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[Generation]:
         return self._batcher.submit(prompts, params, self.cancel)
+
+    def close(self) -> None:
+        pass
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._batcher.backend, name)

@@ -1,14 +1,14 @@
-"""Settings of the rerank service, and building the shared reranker parts from them."""
+"""Settings of the rerank service: the reranker's spec, and what only a service has (limits, batching,
+auth, the names it answers to)."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from reasonrank.backends.base import ANSWER_BUDGET, REASONING_BUDGET
 from reasonrank.errors import ReasonRankError
+from reasonrank.spec import RerankerSpec
 
 API_KEY_ENV = "REASONRANK_API_KEY"
 
@@ -17,16 +17,19 @@ API_KEY_ENV = "REASONRANK_API_KEY"
 class ServeConfig:
     """Everything `create_app(config)` needs. Defaults suit the embedded model on a CPU.
 
-    Model: `model`/`backend` as for `Reranker(...)` (None/None: the embedded GGUF on llama.cpp);
-    `backend_options` go to the backend's constructor. Requests must name `served_model_name`
-    (default: the registry name of the model, or the file/directory name) or one of `aliases`
-    (the registry's aliases, the `--model` string itself and any `--alias` are added).
+    Model and reranking: `spec`, a `reasonrank.spec.RerankerSpec` as every face takes (the default: the
+    embedded GGUF on llama.cpp, the sliding window, passages cut to 512 tokens). The engine is built once
+    from it (`build(spec)`); each request is reranked by `build(spec.replace(top_k=...))` on that engine,
+    its method included (a tdpart spec is served as tdpart), over its first `spec.top_k` documents (the
+    rest keep their order below). The service keeps no journal: a spec with one is refused.
 
-    Reranking: each request is reranked with a sliding window of `window` passages moving by `step`
-    over (up to) `max_documents` documents, `passes` times, with `max_new_tokens` per window.
+    Names: requests must name `served_model_name` (default: the registry name of the model, or the
+    file/directory name) or one of `aliases` (the registry's aliases, the model string itself and any
+    `--alias` are added).
 
     Batching: windows from all in-flight requests are gathered into one backend call of at most
-    `max_batch` prompts; the gatherer waits at most `batch_wait_ms` for more once it has one.
+    `max_batch` prompts; the gatherer waits at most `batch_wait_ms` for more once it has one (the engine
+    runs a gathered batch in chunks of its own batch size: `--backend-option batch_size=8` for hf).
 
     Limits (each answered with a 4xx JSON error): `max_documents` per request, `max_document_chars`
     per document, `max_query_chars`, `max_body_bytes` for the whole request body (413), and
@@ -36,18 +39,9 @@ class ServeConfig:
     `Authorization: Bearer <key>`; /health stays open for probes.
     """
 
-    model: str | None = None
-    backend: str | None = None
-    backend_options: dict[str, Any] = field(default_factory=dict)
-    mode: str | None = None
-    tokenizer: str | None = None
+    spec: RerankerSpec = field(default_factory=RerankerSpec)
     served_model_name: str | None = None
     aliases: list[str] = field(default_factory=list)
-    max_passage_tokens: int | None = 512
-    window: int = 20
-    step: int = 10
-    passes: int = 1
-    max_new_tokens: int = REASONING_BUDGET + ANSWER_BUDGET
     max_batch: int = 8
     batch_wait_ms: float = 20.0
     max_documents: int = 100
@@ -58,14 +52,29 @@ class ServeConfig:
     api_keys: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        for name in ("window", "step", "passes", "max_new_tokens", "max_batch", "max_documents", "max_document_chars",
-                     "max_query_chars", "max_body_bytes", "max_in_flight"):
+        if not isinstance(self.spec, RerankerSpec):
+            raise ReasonRankError(f"ServeConfig.spec must be a RerankerSpec, got {type(self.spec).__name__}")
+        check_servable(self.spec)
+        for name in ("max_batch", "max_documents", "max_document_chars", "max_query_chars", "max_body_bytes", "max_in_flight"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ReasonRankError(f"{name} must be a positive integer, got {value!r}")
         if self.batch_wait_ms < 0:
             raise ReasonRankError(f"batch_wait_ms must be >= 0, got {self.batch_wait_ms!r}")
         self.api_keys = [k for k in (k.strip() for k in self.api_keys) if k]
+
+    @property
+    def model(self) -> str | None:
+        return self.spec.model
+
+
+def check_servable(spec: RerankerSpec) -> None:
+    """What the service cannot honour, refused in one line before a model loads."""
+    if spec.journal is not None:
+        raise ReasonRankError("the rerank service keeps no journal (each request is reranked on its own); "
+                              f"build the spec without journal (got {spec.journal})")
+    if spec.method == "pointwise":
+        raise ReasonRankError("the rerank service serves the listwise methods (sliding, tdpart), not pointwise")
 
 
 def read_api_keys(key_file: str | Path | None = None, env: str = API_KEY_ENV) -> list[str]:
@@ -84,33 +93,36 @@ def read_api_keys(key_file: str | Path | None = None, env: str = API_KEY_ENV) ->
     return [value] if value else []
 
 
-def model_names(config: ServeConfig, backend_model: str | None = None, registry: bool = True) -> tuple[str, list[str]]:
+def model_names(config: ServeConfig, backend_model: str | None = None, registry: bool = True,
+                model: str | None = None) -> tuple[str, list[str]]:
     """(the served model name, every name a request may use for it, lower-cased).
 
-    `registry=False` (a reranker factory with no `config.model`): None does not mean the embedded
-    default, the name comes from the backend's model instead."""
+    `model`: the model string of the spec served (default: `config.spec.model`). `registry=False` (a
+    reranker factory whose spec names no model): None does not mean the embedded default, the name comes
+    from the backend's model instead."""
     from reasonrank.backends import models
 
+    model = config.model if model is None else model
     names: list[str] = []
     served = config.served_model_name
-    spec = None
-    if registry or config.model is not None:
+    entry = None
+    if registry or model is not None:
         try:
-            spec = models.resolve(config.model)
+            entry = models.resolve(model)
         except KeyError:
             pass
-    if spec is not None:
-        names += [spec.name, *spec.aliases]
-        if spec.hub_id:
-            names.append(spec.hub_id)
-    if config.model:
-        names.append(str(config.model))
-        path = Path(str(config.model))
+    if entry is not None:
+        names += [entry.name, *entry.aliases]
+        if entry.hub_id:
+            names.append(entry.hub_id)
+    if model:
+        names.append(str(model))
+        path = Path(str(model))
         names += [path.name, path.stem]
     if backend_model:
         names.append(Path(str(backend_model)).name)
     if served is None:
-        served = spec.name if spec is not None else (Path(str(config.model or backend_model or "reasonrank")).name)
+        served = entry.name if entry is not None else (Path(str(model or backend_model or "reasonrank")).name)
     names = [served, *names, *config.aliases]
     seen: list[str] = []
     for n in names:

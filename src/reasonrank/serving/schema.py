@@ -9,7 +9,8 @@ Request (POST /v1/rerank or /v2/rerank, JSON):
     top_n             integer >= 1; how many results to return (more than the documents: all)
     return_documents  boolean; include each document in its result
     rank_fields       (v1) list of keys: rank on "key: value" lines of those fields of object documents
-    return_reasoning  boolean (extension): add `reasoning`, the per-window model output
+    return_reasoning  boolean (extension): add `reasoning`, the per-window model output (method, role,
+                      positions, documents, permutation, status, reasoning, raw output, tokens)
     max_chunks_per_doc, max_tokens_per_doc, priority, relevant_spans: accepted and ignored
                       (documents are cut to the server's passage token budget instead)
 
@@ -196,7 +197,8 @@ def build_response(req: RerankInput, order: list[int], traces: list, request_id:
     if req.return_reasoning:
         out["reasoning"] = [
             {
-                "pass": t.pass_index, "start": t.start, "end": t.end,
+                # start/end: the window's positions (sliding); None for tdpart, whose role says which window it was
+                "method": t.method, "role": t.role, "pass": t.pass_index, "start": t.start, "end": t.end,
                 "documents": [int(d) for d in t.docids],  # indices of the window's documents, in its input order
                 "permutation": list(t.permutation),  # the model's order, as positions within the window
                 "status": t.status, "reasoning": t.reasoning, "raw_output": t.raw_output,
