@@ -106,7 +106,7 @@ class ListwiseReranker:
         self.params = params or SamplingParams()
         self.journal = journal if journal is not None else Journal(None)
         self.progress = progress
-        self.spec = None  # the RerankerSpec it was built from (reasonrank.spec.build sets it)
+        self._spec = None  # the RerankerSpec it was built from (reasonrank.spec.build sets it)
         self._stats_lock = threading.Lock()  # several threads may rerank at once (service, adapters)
         self.stats = RunStats(method=self.method, prompt_format=_prompt_format(backend, renderer))
         if self.stats.prompt_format == "messages" and renderer.tokenizer is None:
@@ -115,6 +115,24 @@ class ListwiseReranker:
         elif self.stats.prompt_format == "messages":
             log.warning("prompts go to %s as chat messages, with passages cut in its own tokens: the server cannot "
                         "render its chat template over HTTP, so its chat handler applies it", backend.name)
+
+    @property
+    def spec(self):
+        """The RerankerSpec it was built from; for one constructed by hand, the spec of its settings."""
+        if self._spec is None:
+            from reasonrank.spec import RerankerSpec
+
+            return RerankerSpec(method=self.method, **self._settings()).resolved()
+        return self._spec
+
+    @spec.setter
+    def spec(self, value) -> None:
+        self._spec = value
+
+    def _settings(self) -> dict:
+        return dict(top_k=self.top_k, window=self.window, step=self.step, passes=self.passes,
+                    max_new_tokens=self.params.max_new_tokens, mode=self.renderer.mode,
+                    max_passage_tokens=self.renderer.max_passage_tokens or 0)
 
     def close(self) -> None:
         """Flush the journal and free the engine."""

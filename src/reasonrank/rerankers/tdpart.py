@@ -111,6 +111,11 @@ class TopDownPartitionReranker(ListwiseReranker):
             raise ValueError(f"k (the pivot's rank) must be between 1 and window - 1 ({self.window - 1}), got {k}")
         self.k = k
 
+    def _settings(self) -> dict:
+        settings = super()._settings()
+        del settings["step"], settings["passes"]
+        return {**settings, "pivot": self.k}
+
     def rerank_batch(self, requests: Sequence[Request]) -> list[Result]:
         started = time.perf_counter()
         traces: list[list[WindowTrace]] = [[] for _ in requests]

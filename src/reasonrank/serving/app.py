@@ -84,7 +84,7 @@ class RerankService:
         started = time.perf_counter()
         if self.factory is not None:
             reranker = self.factory()
-            spec = spec_of(reranker)
+            spec = reranker.spec
             check_servable(spec)
             model = spec.model
         else:
@@ -145,22 +145,6 @@ class RerankService:
         if traces and all(tr.status == "backend_error" for tr in traces):
             raise ApiError(500, f"the model failed on every window: {traces[0].raw_output[:500]}", "model_error")
         return [int(c.docid) for c in result.candidates], traces
-
-
-def spec_of(reranker) -> RerankerSpec:
-    """The spec a reranker was built from (`build` sets `.spec`), or, for one constructed by hand, the spec
-    of its settings (method, window, step, passes, pivot, budget, prompt mode, passage cut)."""
-    spec = getattr(reranker, "spec", None)
-    if isinstance(spec, RerankerSpec):
-        return spec
-    method = getattr(reranker, "method", "sliding")
-    fields = dict(top_k=reranker.top_k, window=reranker.window, max_new_tokens=reranker.params.max_new_tokens,
-                  mode=reranker.renderer.mode, max_passage_tokens=reranker.renderer.max_passage_tokens or 0)
-    if method == "tdpart":
-        fields["pivot"] = reranker.k
-    else:
-        fields.update(step=reranker.step, passes=reranker.passes)
-    return RerankerSpec(method=method, **fields).resolved()
 
 
 def _check_auth(service: RerankService, request) -> None:
