@@ -94,7 +94,7 @@ class Server:
                "--max-passage-tokens", str(args.max_passage_tokens), "--max-batch", str(max_batch),
                "--batch-wait-ms", str(args.batch_wait_ms), "--log-level", "warning"]
         for opt in args.backend_option or []:
-            cmd += ["-o", opt]
+            cmd += ["--backend-option", opt]
         env = {k: v for k, v in os.environ.items() if k != "REASONRANK_API_KEY"}
         self.log = open(log_path, "w")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
