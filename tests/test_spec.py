@@ -18,6 +18,7 @@ def test_none_means_the_methods_default_and_resolved_fills_it():
     assert RerankerSpec(window=4).resolved().step == 2
     assert RerankerSpec(method="pointwise").resolved("bright").max_new_tokens == 256
     assert RerankerSpec(method="pointwise").resolved("bright").max_passage_tokens == 512
+    assert RerankerSpec(method="pointwise", max_new_tokens=0).max_new_tokens == 0  # judge at once
 
 
 @pytest.mark.parametrize("fields,message", [
@@ -27,7 +28,8 @@ def test_none_means_the_methods_default_and_resolved_fills_it():
     ({"method": "beam"}, "unknown method 'beam'"),
     ({"window": 10, "step": 20}, "step (20) must not exceed window (10)"),
     ({"method": "tdpart", "window": 10, "pivot": 10}, "pivot (the rank tdpart settles) must be between 1 and window - 1 (9)"),
-    ({"top_k": 0}, "top_k must be a positive integer"),
+    ({"top_k": 0}, "top_k must be an integer >= 1"),
+    ({"max_new_tokens": 0}, "max_new_tokens must be an integer >= 1"),
     ({"max_passage_tokens": -1}, "max_passage_tokens must be an integer >= 0"),
     ({"journal_policy": "maybe"}, "journal_policy must be one of resume, fresh, reuse"),
 ])

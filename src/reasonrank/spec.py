@@ -54,7 +54,7 @@ class RerankerSpec:
     step: Optional[int] = None  # window step (sliding: half the window, 10)
     passes: Optional[int] = None  # sweeps (sliding: 1)
     pivot: Optional[int] = None  # the rank tdpart settles (its k: min(10, window // 2))
-    max_new_tokens: Optional[int] = None  # generation budget per call (listwise: 3072 + 100; pointwise: 256)
+    max_new_tokens: Optional[int] = None  # generation budget per call (listwise: 3072 + 100; pointwise: 256 of reasoning, 0: none)
     max_passage_tokens: Optional[int] = None  # passage cut in model tokens; None: the collection's rule, else 512; 0: whole
     journal: Optional[str] = None  # JSONL window journal; an existing one is resumed
     journal_policy: str = "resume"  # resume; fresh (start the file anew); reuse (accept another engine's answers)
@@ -77,8 +77,9 @@ class RerankerSpec:
                 raise ConfigError(f"{name} is a setting of the {' and '.join(users)} method(s), not of {self.method}")
         for name in ("top_k", "window", "step", "passes", "pivot", "max_new_tokens"):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+            least = 0 if (name, self.method) == ("max_new_tokens", "pointwise") else 1  # pointwise 0: judge at once
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+                raise ConfigError(f"{name} must be an integer >= {least}, got {value!r}")
         value = self.max_passage_tokens
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
             raise ConfigError(f"max_passage_tokens must be an integer >= 0 (0: whole passages), got {value!r}")

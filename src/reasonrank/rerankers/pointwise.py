@@ -459,11 +459,8 @@ class PointwiseReranker:
         from reasonrank.spec import RerankerSpec, build
 
         own = {k: kwargs.pop(k) for k in ("answer_tokens", "scoring", "batch_size") if k in kwargs}
-        think = kwargs.pop("think_tokens", None)
-        if think:  # 0 (judge at once) is the reranker's own setting: a spec's budget is at least 1
-            kwargs["max_new_tokens"] = think
-        elif think is not None:
-            own["think_tokens"] = think
+        if "think_tokens" in kwargs:
+            kwargs["max_new_tokens"] = kwargs.pop("think_tokens")
         spec = RerankerSpec.from_options(model, backend, method="pointwise", mode=None if template is None else str(template),
                                          max_passage_tokens=0 if max_passage_tokens is None else max_passage_tokens,
                                          tokenizer=tokenizer, **kwargs)
