@@ -53,6 +53,14 @@ def _make(tmp_path_factory) -> RealRun:
     return run
 
 
+def journal_lines(path: Path) -> list[dict]:
+    """The window lines of a journal, as dicts (its first line, the engine header, left out)."""
+    import json
+
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    return [r for r in rows if "reasonrank_journal" not in r]
+
+
 def report_cli(*args: str) -> subprocess.CompletedProcess:
     """`reasonrank report …` as a user runs it (python -m reasonrank.report until cli.py mounts it)."""
     return subprocess.run([sys.executable, "-m", "reasonrank.report", *args], capture_output=True, text=True, timeout=300)

@@ -10,13 +10,13 @@ from xml.etree import ElementTree
 
 import pytest
 from _data import SCIFACT
-from _report_run import needs_model, real_run, report_cli
+from _report_run import journal_lines, needs_model, real_run, report_cli
 
 from reasonrank.errors import FormatError, ReasonRankError, UnknownIdError
 from reasonrank.evaluation import evaluate
 from reasonrank.io import load_collection, read_run
 from reasonrank.io.trec import ranked
-from reasonrank.report import build_report, read_traces, write_report
+from reasonrank.report import build_report, read_journal, read_traces, write_report
 from reasonrank.report.data import initial_order_from_windows
 
 pytestmark = needs_model
@@ -49,6 +49,14 @@ def test_replaying_the_journal_gives_the_reranked_run(run, report):
         assert [(w["start"], w["end"]) for w in q["windows"]] == [(2, 6), (0, 4)]
     assert report.summary["windows"] == 4 and sum(report.summary["status"].values()) == 4
     assert not report.warnings
+
+
+def test_the_engine_that_wrote_the_journal_is_in_the_settings(run, report):
+    header, windows, bad = read_journal(run.traces)
+    assert header["reasonrank_journal"] == 2 and len(windows) == 4 and not bad  # the header is no bad line
+    rows = dict(report.settings)
+    assert rows["engine id"] == header["engine_id"] and "backend: llamacpp" in rows["engine"]
+    assert rows["method"] == "sliding (read from the journal)" and rows["window"] == "4 (read from the journal)"
 
 
 def test_measures_are_evaluates_on_the_runs(run, report, scifact):
@@ -87,11 +95,12 @@ def test_cli_writes_one_self_contained_file(run, tmp_path):
 
 def test_half_written_and_garbage_lines_are_counted_and_shown(run, scifact, tmp_path):
     journal = tmp_path / "traces.jsonl"
-    lines = run.traces.read_text().splitlines()
-    journal.write_text("\n".join([lines[0], "not json", *lines[1:], lines[-1][:40]]) + "\n")
+    header, *lines = run.traces.read_text().splitlines()
+    journal.write_text("\n".join([header, "not json", *lines, lines[-1][:40]]) + "\n")
     report = build_report(journal, scifact, first_stage=run.first_stage)
-    assert report.summary["bad_line_count"] == 2 and report.summary["bad_lines"] == [2, 6]
-    assert any("2 line(s)" in w and "line 2, 6" in w for w in report.warnings)
+    last = len(lines) + 3  # the header, the garbage line, the windows, the half-written line
+    assert report.summary["bad_line_count"] == 2 and report.summary["bad_lines"] == [2, last]
+    assert any("2 line(s)" in w and f"line 2, {last}" in w for w in report.warnings)
     assert report.summary["after"] == build_report(run.traces, scifact, first_stage=run.first_stage).summary["after"]
 
 
@@ -115,17 +124,18 @@ def test_a_journal_of_another_run_fails_naming_both_files(run, scifact, tmp_path
 
 def test_query_ids_the_collection_lacks_fail_naming_the_journal(run, tmp_path):
     journal = tmp_path / "traces.jsonl"
-    journal.write_text("".join(json.dumps({**json.loads(line), "qid": "q-" + json.loads(line)["qid"]}) + "\n"
-                               for line in run.traces.read_text().splitlines()))
+    journal.write_text("".join(json.dumps({**row, "qid": "q-" + row["qid"]}) + "\n" for row in journal_lines(run.traces)))
     with pytest.raises(UnknownIdError, match=f"{re.escape(str(journal))}: query id.*'q-1'.* not in the collection scifact"):
         build_report(journal, str(SCIFACT))
 
 
 def test_windows_of_another_list_are_skipped_and_counted(run, scifact, tmp_path):
     journal = tmp_path / "traces.jsonl"
-    rows = [json.loads(line) for line in run.traces.read_text().splitlines()]
+    rows = journal_lines(run.traces)
     stale = {**rows[0], "docids": rows[0]["docids"][::-1], "prompt_hash": "stale"}  # recorded for another order
-    journal.write_text("".join(json.dumps(r) + "\n" for r in [stale, *rows]))
+    del stale["output_docids"]
+    header = run.traces.read_text().splitlines()[0]
+    journal.write_text(header + "\n" + "".join(json.dumps(r) + "\n" for r in [stale, *rows]))
     report = build_report(journal, scifact, first_stage=run.first_stage)
     assert sum(q["skipped"] for q in report.queries) == 1 and any("1 window(s) did not fit" in w for w in report.warnings)
     assert [d for d, _ in report.queries[0]["final"]] == order(read_run(run.reranked)[rows[0]["qid"]])[:6]

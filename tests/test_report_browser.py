@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from _data import SCIFACT
-from _report_run import needs_model, real_run, report_cli
+from _report_run import journal_lines, needs_model, real_run, report_cli
 
 pytestmark = needs_model
 
@@ -68,7 +68,7 @@ def shots(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def journal(run):
-    return [json.loads(line) for line in run.traces.read_text().splitlines()]
+    return journal_lines(run.traces)
 
 
 class Page:
@@ -221,7 +221,8 @@ def test_a_fragment_link_opens_that_query(open_report, journal, shots, capsys):
     assert page.page.locator("#query-view").get_attribute("data-qid") == qid
     assert page.page.locator("#nav-list a.current").get_attribute("data-qid") == qid
     page.shot(shots, "fragment", capsys)
-    page.page.click("header a")  # back to the overview
+    page.page.click("header a")  # back to the overview (hashchange is dispatched after the click returns: wait for it)
+    page.page.wait_for_selector("#overview", state="visible")
     assert page.page.locator("#overview").is_visible() and page.page.locator("#query").is_hidden()
 
 
@@ -270,3 +271,38 @@ def test_a_report_without_the_collection_still_shows_every_window(open_report, r
     page.page.click("header a")
     assert page.page.locator("#measures").count() == (1 if judged else 0)
     page.shot(shots, f"without-collection-{'qrels' if judged else 'nothing'}", capsys)
+
+
+def test_a_tdpart_report_shows_each_windows_role_and_doc_ids(open_report, tmp_path, shots, capsys):
+    """Top-down partitioning's windows have no positions: each shows its role, the doc ids it was given and
+    those of its answer, and its movement plot goes from slot to slot; the query's plot from first-stage
+    rank to the replayed final rank. The run: test_report_tdpart's test double, which reverses every window."""
+    from test_report_tdpart import rerank
+
+    results, _ = rerank(tmp_path / "traces.jsonl")
+    path = tmp_path / "tdpart.html"
+    proc = report_cli("--traces", str(tmp_path / "traces.jsonl"), "-o", str(path))
+    assert proc.returncode == 0, proc.stderr
+    result = results[0]
+    page = open_report(f"#q={result.query.qid}", path=path)
+    windows = page.page.locator("#query-view .window")
+    assert windows.count() == len(result.traces)
+    for i, trace in enumerate(result.traces):
+        window = page.page.locator(f"#w{i}")
+        assert window.get_attribute("data-role") == trace.role
+        # text_content: windows out of view are not rendered (content-visibility), so they have no inner text
+        assert window.locator(".head .where").text_content() == f"{trace.role} window"
+        assert window.locator('[data-ids="input"]').text_content().split() == trace.docids
+        assert window.locator('[data-ids="output"]').text_content().split() == trace.output_docids
+        marks = window.locator("g.mv").all()
+        after = {src: j for j, src in enumerate(trace.permutation)}
+        assert [m.get_attribute("data-doc") for m in marks] == trace.docids
+        assert [m.get_attribute("data-after") for m in marks] == [str(after[k] + 1) for k in range(len(trace.docids))]
+    ranks = page.page.locator("#q-mv g.mv").all()
+    assert [m.get_attribute("data-doc") for m in ranks] == result.docids[:40]
+    assert [int(m.get_attribute("data-after")) for m in ranks] == list(range(1, 41))
+    assert [cell.text_content().strip() for cell in page.page.locator("table.final td.snippet").all()] == result.docids[:40]
+    page.shot(shots, "tdpart", capsys)
+    page.page.click("header a")
+    page.page.wait_for_selector("#overview", state="visible")
+    assert "top-down partitioning" in page.page.inner_text("#overview p.lead")

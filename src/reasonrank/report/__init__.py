@@ -1,4 +1,4 @@
-"""The run report: one self-contained HTML file showing what a listwise reranking run did.
+"""The run report: one self-contained HTML file showing what a listwise reranking run (sliding or tdpart) did.
 
     from reasonrank.report import write_report
     write_report("runs/demo/traces.jsonl", "runs/demo/report.html", collection="../shared/data/scifact",
@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping
 
-from reasonrank.report.data import MEASURES, Report, build_report, read_traces
+from reasonrank.report.data import MEASURES, Report, build_report, read_journal, read_traces
 
 
 def write_report(
@@ -47,23 +47,34 @@ def write_report(
 
 
 def run_settings(reranker, command: str | list[str] | None = None, **extra: Any) -> dict[str, Any]:
-    """The settings of a ListwiseReranker for the report's overview (the journal keeps none of them).
-    `command`: the command line (a list is shell-quoted); default: this process's arguments."""
+    """The settings of a listwise reranker (sliding or tdpart) for the report's overview: its spec where it
+    was built from one (reasonrank.spec.build), else its attributes, and the engine its journal keys
+    windows by. `command`: the command line (a list is shell-quoted); default: this process's arguments."""
     from datetime import datetime
 
     if command is None:
         command = ["reasonrank", *sys.argv[1:]]
     if not isinstance(command, str):
         command = shlex.join(command)
-    backend = reranker.backend
-    return {
-        "model": Path(str(backend.model)).name if Path(str(backend.model)).is_file() else str(backend.model),
-        "backend": getattr(backend, "name", type(backend).__name__), "mode": reranker.renderer.mode,
-        "top_k": reranker.top_k, "window": reranker.window, "step": reranker.step, "passes": reranker.passes,
+    backend, spec = reranker.backend, reranker.spec
+    model = Path(str(backend.model))
+    out: dict[str, Any] = {
+        "model": model.name if model.is_file() else str(backend.model), "backend": backend.name,
+        "method": reranker.method, "mode": reranker.renderer.mode, "top_k": reranker.top_k, "window": reranker.window,
         "max_new_tokens": reranker.params.max_new_tokens, "max_passage_tokens": reranker.renderer.max_passage_tokens,
-        "finished": datetime.now().astimezone().isoformat(timespec="seconds"), "command": command,
-        "journal": str(reranker.journal.path) if reranker.journal.path else None, **extra,
     }
+    if reranker.method == "tdpart":
+        out["pivot"] = reranker.k
+    else:
+        out.update(step=reranker.step, passes=reranker.passes)
+    if spec is not None and spec.lora:
+        out["lora"] = spec.lora
+    journal = reranker.journal
+    if journal.engine:
+        out.update(engine=dict(journal.engine), engine_id=journal.engine_id)
+    out.update(finished=datetime.now().astimezone().isoformat(timespec="seconds"), command=command,
+               journal=str(journal.path) if journal.path else None)
+    return {**out, **extra}
 
 
-__all__ = ["MEASURES", "Report", "build_report", "read_traces", "run_settings", "write_report"]
+__all__ = ["MEASURES", "Report", "build_report", "read_journal", "read_traces", "run_settings", "write_report"]

@@ -33,10 +33,9 @@ PAGE = """<!doctype html>
 <section id="overview">
 <h2>What the reranker did</h2>
 <p class="lead">A first-stage retriever ranked candidate passages for each query. The reranker (an LLM) then read them
-in overlapping <b>windows</b> of a few passages, starting at the bottom of the list and moving up; for each window it wrote
-its <b>reasoning</b> and an <b>answer</b>, a new order such as <code>[3] &gt; [1] &gt; [2]</code>, where <code>[n]</code> is
-the n-th passage of the window. The journal of that run is shown here window by window. Pick a query on the left, or a bar
-of the plot below.</p>
+in <b>windows</b> of a few passages{how}; for each window it wrote its <b>reasoning</b> and an <b>answer</b>, a new order such
+as <code>[3] &gt; [1] &gt; [2]</code>, where <code>[n]</code> is the n-th passage of the window. The journal of that run is
+shown here window by window. Pick a query on the left, or a bar of the plot below.</p>
 <div id="ov-missing"></div><div id="ov-warnings"></div>
 <div class="grid2 halves"><div><h3>Quality before and after</h3><div id="ov-measures"></div></div>
 <div><h3>Parse status of the windows</h3><div id="ov-status"></div></div></div>
@@ -92,9 +91,24 @@ def _draw(report: Report) -> tuple[str, str]:
     return delta, hist
 
 
+METHOD_LEAD = {
+    "sliding": "sliding window: overlapping windows, from the bottom of the list up",
+    "tdpart": "top-down partitioning: the top window first, then every other passage in windows led by the passage "
+              "the top window put at rank k (the pivot), then again those that beat the pivot",
+}
+
+
+def _how(report: Report) -> str:
+    """How the run's method went through the list, for the overview's first paragraph."""
+    methods = [m for m in report.summary.get("methods", {}) if m in METHOD_LEAD]
+    if not methods:
+        return ""
+    return " (" + "; ".join(METHOD_LEAD[m] for m in methods) + ")"
+
+
 def render_html(report: Report) -> str:
     delta, hist = _plots(report)
-    return PAGE.format(
+    return PAGE.format(how=html.escape(_how(report)),
         title=html.escape(report.title), css=_static("report.css"), js=_static("report.js"),
         written=datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"), measure=html.escape(report.measures[0]),
         delta=delta, histograms=hist, data=_json_for_script(report.to_json()),

@@ -16,6 +16,11 @@
     truncated: "the generation budget ran out while reasoning; the window kept its input order",
     backend_error: "the model call failed; the window kept its input order",
   };
+  const ROLES = {
+    first: "the top of the first-stage list, ranked first",
+    partition: "candidates below the top window, ranked against the pivot (placed first): those above it compete again",
+    recursion: "those that beat the pivot (with any held back), ranked again to settle the top",
+  };
   const byQid = new Map(R.queries.map((q, i) => [q.qid, Object.assign(q, { index: i })]));
 
   // -- helpers ----------------------------------------------------------------------------------
@@ -45,6 +50,9 @@
   const qlink = (qid, w) => "#q=" + encodeURIComponent(qid) + (w === undefined ? "" : "&w=" + w);
   const doc = (d) => R.docs[d] || ["", ""];
   const grade = (q, d) => q.rel[d] || 0;
+  // where a window sits: the sliding window's positions in the list; tdpart's role (its windows are not contiguous)
+  const where = (w) => (w.role ? `${w.role} window` : `pass ${w.pass + 1}, positions ${w.start + 1}–${w.end}`);
+  const offset = (w) => (w.role ? 0 : w.start);  // tdpart: window slots 1…n stand for positions
 
   // -- overview ---------------------------------------------------------------------------------
   function measuresTable() {
@@ -81,7 +89,7 @@
     for (const q of R.queries) q.windows.forEach((w, i) => { if (w.status === status) hits.push([q, w, i]); });
     list.replaceChildren(el("h3", {}, `${hits.length} window(s) with status ${status}`),
       el("ul", { class: "hits" }, hits.map(([q, w, i]) => el("li", {}, el("a", { href: qlink(q.qid, i) },
-        `query ${q.qid}, pass ${w.pass + 1}, positions ${w.start + 1}–${w.end}`), " ", el("span", { class: "note" }, q.text.slice(0, 90))))));
+        `query ${q.qid}, ${where(w)}`), " ", el("span", { class: "note" }, q.text.slice(0, 90))))));
   }
 
   function renderOverview() {
@@ -150,34 +158,56 @@
 
   // -- one query --------------------------------------------------------------------------------
   function movement(q, w, wi) {
-    // Each passage is one mark: a line from its position before the window to its position after.
-    const n = w.docids.length, row = 17, top = 18, x0 = 70, x1 = 236, height = top + n * row + 4;
+    // Each passage is one mark: a line from its position before the window to its position after (tdpart,
+    // whose windows have no positions: from its slot in the window's input to its slot in the answer).
+    const n = w.docids.length, row = 17, top = 18, x0 = 70, x1 = 236, height = top + n * row + 4, o = offset(w);
     const after = new Array(n);
     w.perm.forEach((src, j) => { after[src] = j; });
     const marks = w.docids.map((d, i) => {
       const g = grade(q, d), y0 = top + i * row + row / 2, y1 = top + after[i] * row + row / 2;
       const colour = g > 0 ? "#1a7f37" : "#8c959f";
       const [title] = doc(d);
+      const ranks = w.role ? `\nfirst-stage rank ${q.firstRank.get(d) ?? "–"}, final rank ${q.finalRank.get(d) ?? "–"}` : "";
       return svg("g", { class: "mv", "data-doc": d, "data-grade": g, "data-passage": i + 1,
-        "data-before": w.start + i + 1, "data-after": w.start + after[i] + 1 },
-        svg("title", {}, `[${i + 1}] ${d}${title ? ": " + title : ""}\nposition ${w.start + i + 1} → ${w.start + after[i] + 1}` +
-          (g > 0 ? `\nrelevant (grade ${g})` : "")),
-        svg("text", { x: x0 - 34, y: y0 + 4, "text-anchor": "end" }, String(w.start + i + 1)),
+        "data-before": o + i + 1, "data-after": o + after[i] + 1 },
+        svg("title", {}, `[${i + 1}] ${d}${title ? ": " + title : ""}\n${w.role ? "slot" : "position"} ${o + i + 1} → ${o + after[i] + 1}` +
+          ranks + (g > 0 ? `\nrelevant (grade ${g})` : "")),
+        svg("text", { x: x0 - 34, y: y0 + 4, "text-anchor": "end" }, w.role ? "" : String(o + i + 1)),
         svg("text", { x: x0 - 8, y: y0 + 4, "text-anchor": "end", style: "fill:#0969da" }, `[${i + 1}]`),
         svg("line", { x1: x0, y1: y0, x2: x1, y2: y1, stroke: colour, "stroke-width": g > 0 ? 2.2 : 1.1 }),
         svg("circle", { cx: x0, cy: y0, r: 3, fill: colour }),
         svg("circle", { cx: x1, cy: y1, r: g > 0 ? 5 : 3, fill: colour }),
-        svg("text", { x: x1 + 9, y: y1 + 4 }, String(w.start + after[i] + 1) + (g > 0 ? ` · grade ${g}` : "")));
+        svg("text", { x: x1 + 9, y: y1 + 4 }, String(o + after[i] + 1) + (g > 0 ? ` · grade ${g}` : "")));
     });
     return svg("svg", { class: "movement", id: `w${wi}-mv`, width: 320, height, viewBox: `0 0 320 ${height}` },
-      svg("text", { x: x0, y: 11, "text-anchor": "middle" }, "before"),
-      svg("text", { x: x1, y: 11, "text-anchor": "middle" }, "after"), marks);
+      svg("text", { x: x0, y: 11, "text-anchor": "middle" }, w.role ? "input" : "before"),
+      svg("text", { x: x1, y: 11, "text-anchor": "middle" }, w.role ? "answer" : "after"), marks);
+  }
+
+  function rankPlot(q) {
+    // The query's whole move: each passage of the final top from its first-stage rank to its rank after
+    // the windows (the replayed order, or the reranked run given), so tdpart's moves show too.
+    const items = q.final.map(([d, first], i) => [d, first, i + 1]).filter(([, first]) => first);
+    const n = Math.max(q.depth, ...items.map(([, first]) => first)), row = n > 30 ? 6 : 14, top = 18, x0 = 40, x1 = 200;
+    const height = top + n * row + 4, y = (r) => top + (r - 1) * row + row / 2;
+    const marks = items.map(([d, first, final]) => {
+      const g = grade(q, d), colour = g > 0 ? "#1a7f37" : "#8c959f", [title] = doc(d);
+      return svg("g", { class: "mv", "data-doc": d, "data-grade": g, "data-before": first, "data-after": final },
+        svg("title", {}, `${d}${title ? ": " + title : ""}\nrank ${first} → ${final}` + (g > 0 ? `\nrelevant (grade ${g})` : "")),
+        row >= 12 ? svg("text", { x: x0 - 8, y: y(first) + 4, "text-anchor": "end" }, String(first)) : null,
+        svg("line", { x1: x0, y1: y(first), x2: x1, y2: y(final), stroke: colour, "stroke-width": g > 0 ? 2.2 : 1 }),
+        row >= 12 || g > 0 ? svg("text", { x: x1 + 8, y: y(final) + 4 }, String(final) + (g > 0 ? ` · grade ${g}` : "")) : null);
+    });
+    const ends = row >= 12 ? [] : [1, n].map((r) => svg("text", { x: x0 - 8, y: y(r) + 4, "text-anchor": "end" }, String(r)));
+    return svg("svg", { class: "movement", id: "q-mv", width: 320, height, viewBox: `0 0 320 ${height}` },
+      svg("text", { x: x0, y: 11, "text-anchor": "middle" }, "first stage"),
+      svg("text", { x: x1, y: 11, "text-anchor": "middle" }, "reranked"), ends, marks);
   }
 
   function passageList(q, w, wi) {
     return el("ol", { class: "passages" }, w.perm.map((src, j) => {
       const d = w.docids[src], g = grade(q, d), [title] = doc(d);
-      return el("li", { id: `w${wi}-p${src + 1}` }, el("span", { class: "pos" }, String(w.start + j + 1)),
+      return el("li", { id: `w${wi}-p${src + 1}` }, el("span", { class: "pos" }, String(offset(w) + j + 1)),
         el("a", { class: "pid", "data-w": wi, "data-p": src + 1, title: "highlight this passage" }, `[${src + 1}]`),
         el("span", { class: "title", title: `${d}${title ? ": " + title : ""}` }, g > 0 ? el("span", { class: "badge grade" }, "grade " + g) : null,
           " ", title || d));
@@ -206,13 +236,21 @@
         el("div", { class: "text" }, linkify(w.reasoning, wi, n)))
       : el("p", { class: "note full reasoning-empty" }, "The model wrote no reasoning for this window (no <think> block).");
     const answerNote = w.reasoning && w.answer.includes("…") ? " (the reasoning above is shown as …)" : "";
-    return el("section", { class: "window", id: `w${wi}`, "data-index": wi },
+    const out = w.perm.map((src) => w.docids[src]);
+    const ids = w.role ? el("div", { class: "full docids" },
+      el("div", {}, el("b", {}, "input: "), el("span", { "data-ids": "input" }, w.docids.join(" "))),
+      el("div", {}, el("b", {}, "answer: "), el("span", { "data-ids": "output" }, out.join(" ")))) : null;
+    const notes = [
+      w.retried ? el("span", { class: "down", title: "the run asked this window again; the answer it used is the next window" }, "failed, asked again") : null,
+      w.shared ? el("span", { class: "note", title: "the same prompt was answered once, for either method" }, `answer recorded by a ${w.shared} window`) : null];
+    return el("section", { class: "window" + (w.retried ? " retried" : ""), id: `w${wi}`, "data-index": wi, "data-role": w.role || null },
       el("div", { class: "head" }, el("b", {}, `window ${wi + 1} of ${q.windows.length}`),
-        el("span", {}, `pass ${w.pass + 1}, positions ${w.start + 1}–${w.end}`), badge(w.status),
+        el("span", { class: "where", title: w.role ? ROLES[w.role] || "" : "" }, where(w)), badge(w.status), notes,
         el("span", {}, `${num(w.pt)} prompt + ${num(w.ct)} generated tokens`), el("span", {}, secs(w.sec)),
         el("span", { class: "note", title: "prompt hash (the journal's key)" }, w.hash.slice(0, 10))),
-      el("div", { class: "body" }, movement(q, w, wi), el("div", {}, el("div", { class: "note" }, "after this window (position, [id in the prompt], title):"),
-        passageList(q, w, wi)),
+      el("div", { class: "body" }, ids, movement(q, w, wi),
+        el("div", {}, el("div", { class: "note" }, `after this window (${w.role ? "slot in the answer" : "position"}, [id in the prompt], title):`),
+          passageList(q, w, wi)),
       reasoning,
       el("div", { class: "full" }, el("b", {}, "Raw answer"), el("span", { class: "note" }, answerNote),
         el("pre", { class: "answer" }, w.answer ? linkify(w.answer, wi, n) : "(empty)"))));
@@ -247,6 +285,7 @@
     const relevant = Object.keys(q.rel).length, found = q.final.filter(([d]) => q.rel[d]).length;
     const notes = [];
     if (q.skipped) notes.push(`${q.skipped} journal window(s) of this query did not fit its list and are not shown.`);
+    if (q.missing) notes.push(`${q.missing} window(s) the run needed are not in the journal; each was taken as keeping its input order.`);
     if (q.differs) notes.push("The reranked run orders this query differently from what its windows produce; the final list is the run's.");
     const view = el("article", { id: "query-view", "data-qid": q.qid },
       el("h2", {}, `Query ${q.qid}`), el("p", { class: "qtext-full" }, q.text || el("span", { class: "note" }, "(no query text: give the collection)")),
@@ -255,9 +294,17 @@
         el("div", {}, Object.entries(q.status).map(([s, c]) => [badge(s), ` ×${c} `])),
         el("div", {}, `${plural(q.windows.length, "window")}, ${num(q.pt)} prompt + ${num(q.ct)} generated tokens, ${secs(q.seconds)}`),
         el("div", {}, `${found} of ${relevant} judged-relevant passages are in the top ${q.depth}`))),
+      el("h3", {}, `From the first stage to the final top ${q.depth}`),
+      el("p", { class: "note" }, "Lines go from a passage's first-stage rank to its rank after reranking; green marks passages judged relevant."),
+      rankPlot(q),
       el("h3", {}, "Windows, in the order the model saw them"),
-      el("p", { class: "note" }, "The sliding window starts at the bottom of the list and moves up, so a passage can climb " +
-        "several windows. Lines go from a passage's position before the window to its position after; green marks passages judged relevant."),
+      el("p", { class: "note" }, q.method === "tdpart"
+        ? "Top-down partitioning ranks the top window first, takes the passage at rank k as the pivot, ranks every other " +
+          "candidate in windows that start with the pivot, and ranks those that beat it again. Its windows are not " +
+          "contiguous stretches of the list: each shows its role, the doc ids it was given and those of its answer, and lines from " +
+          "a passage's slot in the window to its slot in the answer; green marks passages judged relevant."
+        : "The sliding window starts at the bottom of the list and moves up, so a passage can climb several windows. " +
+          "Lines go from a passage's position before the window to its position after; green marks passages judged relevant."),
       q.windows.map((w, wi) => renderWindow(q, w, wi)),
       el("h3", {}, `Final top ${q.depth}`), finalTable(q));
     return view;
@@ -293,6 +340,10 @@
     document.getElementById("ov-missing").replaceChildren(qid !== null && !q
       ? el("div", { class: "warnings" }, `This report has no query ${qid}: the link is for another run.`) : "");
     if (q) {
+      if (!q.finalRank) {
+        q.firstRank = new Map(q.final.map(([d, first]) => [d, first]));
+        q.finalRank = new Map(q.final.map(([d], i) => [d, i + 1]));
+      }
       if (holder.dataset.qid !== q.qid) { holder.replaceChildren(renderQuery(q)); holder.dataset.qid = q.qid; }
       const target = w !== null ? document.getElementById("w" + w) : null;
       if (target) { target.scrollIntoView({ block: "start" }); flash(target); } else window.scrollTo(0, 0);
