@@ -90,7 +90,11 @@ class WindowTrace:
 
     @property
     def output_docids(self) -> list[str]:
-        return [self.docids[p] for p in self.permutation] if self.docids else []
+        if not self.docids:
+            return []
+        if sorted(self.permutation) != list(range(len(self.docids))):
+            raise ValueError(f"window {self.prompt_hash}: permutation {self.permutation} is not one of its {len(self.docids)} doc ids")
+        return [self.docids[p] for p in self.permutation]
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "output_docids": self.output_docids}
