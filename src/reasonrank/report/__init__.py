@@ -47,9 +47,8 @@ def write_report(
 
 
 def run_settings(reranker, command: str | list[str] | None = None, **extra: Any) -> dict[str, Any]:
-    """The settings of a listwise reranker (sliding or tdpart) for the report's overview: its spec where it
-    was built from one (reasonrank.spec.build), else its attributes, and the engine its journal keys
-    windows by. `command`: the command line (a list is shell-quoted); default: this process's arguments."""
+    """The settings of a listwise reranker (sliding or tdpart) for the report's overview: its spec, and the
+    engine its journal keys windows by. `command`: the command line (a list is shell-quoted); default: this process's arguments."""
     from datetime import datetime
 
     if command is None:
@@ -58,16 +57,13 @@ def run_settings(reranker, command: str | list[str] | None = None, **extra: Any)
         command = shlex.join(command)
     backend, spec = reranker.backend, reranker.spec
     model = Path(str(backend.model))
+    method_fields = ("pivot",) if spec.method == "tdpart" else ("step", "passes")
     out: dict[str, Any] = {
-        "model": model.name if model.is_file() else str(backend.model), "backend": backend.name,
-        "method": reranker.method, "mode": reranker.renderer.mode, "top_k": reranker.top_k, "window": reranker.window,
-        "max_new_tokens": reranker.params.max_new_tokens, "max_passage_tokens": reranker.renderer.max_passage_tokens,
+        "model": model.name if model.is_file() else str(backend.model), "backend": backend.name, "method": spec.method,
+        "mode": reranker.renderer.mode, "top_k": spec.top_k, "window": spec.window, "max_new_tokens": spec.max_new_tokens,
+        "max_passage_tokens": reranker.renderer.max_passage_tokens, **{k: getattr(spec, k) for k in method_fields},
     }
-    if reranker.method == "tdpart":
-        out["pivot"] = reranker.k
-    else:
-        out.update(step=reranker.step, passes=reranker.passes)
-    if spec is not None and spec.lora:
+    if spec.lora:
         out["lora"] = spec.lora
     journal = reranker.journal
     if journal.engine:
