@@ -14,7 +14,7 @@ import pytest
 pytest.importorskip("trl", reason="the train extra (trl) is not installed")
 torch = pytest.importorskip("torch")
 
-from reasonrank.training.grpo import VERL_LOSS, grpo_layout  # noqa: E402
+from reasonrank.training.grpo import VERL_LOSS, grpo_layout, grpo_trainer_class  # noqa: E402
 from reasonrank.training.presets import build_config, load_preset  # noqa: E402
 
 CLIP, CLIP_C, KL_COEF = 0.2, 3.0, 0.001  # the paper's clip_ratio, verl's default clip_ratio_c, kl_loss_coef
@@ -70,15 +70,15 @@ def setup(tmp_path_factory, qwen_tokenizer):
     return root, model_dir, qwen_tokenizer
 
 
-def make_trainer(root, model_dir, tok, per_device: int):
-    """A GRPOTrainer under the 7b-full preset's loss settings (CPU, fp32, no vLLM)."""
+def make_trainer(root, model_dir, tok, per_device: int, **overrides):
+    """A GRPOTrainer under the 7b-full preset's loss and optimizer settings (CPU, fp32, no vLLM)."""
     import datasets
     import trl
     from transformers import AutoModelForCausalLM
 
     cfg = load_preset("7b-full", "grpo")
     targs = dict(cfg["training_args"])
-    targs.update(per_device_train_batch_size=per_device)
+    targs.update(per_device_train_batch_size=per_device, **overrides)
     targs.update(grpo_layout(cfg, processes=1, n_prompts=32))
     targs.update(use_vllm=False, bf16=False, gradient_checkpointing=False, output_dir=str(root / "out"),
                  report_to="none", use_cpu=True)
@@ -87,7 +87,8 @@ def make_trainer(root, model_dir, tok, per_device: int):
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(str(model_dir))
     dataset = datasets.Dataset.from_list([{"prompt": [{"role": "user", "content": "rank"}]}] * 8)
-    trainer = trl.GRPOTrainer(model=model, reward_funcs=[lambda completions, **kw: [0.0] * len(completions)],
+    trainer_cls = grpo_trainer_class(trl, cfg["weight_decay_all_parameters"])
+    trainer = trainer_cls(model=model, reward_funcs=[lambda completions, **kw: [0.0] * len(completions)],
                               args=args, train_dataset=dataset, processing_class=tok)
     trainer.model.train()
     return trainer
@@ -178,6 +179,10 @@ def test_presets_carry_the_verl_loss_settings():
                                              **grpo_layout(cfg, processes=1, n_prompts=32),
                                              "use_vllm": False, "bf16": False, "output_dir": "unused"})
         assert (args.loss_type, args.delta, args.use_bias_correction_kl) == ("grpo", 3.0, False)
+        # verl 0.4.0's actor AdamW: weight decay 0.01 (its default; train_grpo.sh keeps it) on every parameter,
+        # betas (0.9, 0.999), eps 1e-8, gradient clip 1.0
+        assert (args.weight_decay, cfg["weight_decay_all_parameters"]) == (0.01, True), name
+        assert (args.adam_beta1, args.adam_beta2, args.adam_epsilon, args.max_grad_norm) == (0.9, 0.999, 1e-8, 1.0)
     for name in ("7b-full", "32b-lora"):
         cfg = load_preset(name, "grpo")
         assert cfg["rollout_steps"] == "epoch" and cfg["training_args"]["vllm_enable_sleep_mode"] is True
@@ -238,3 +243,39 @@ def test_one_epoch_rollout_steps_from_the_rl_set_size():
     with pytest.raises(ReasonRankError, match="fewer than one rollout step"):
         grpo_layout(cfg, processes=8, n_prompts=10)
     assert grpo_layout({**cfg, "rollout_steps": 3}, processes=8)["max_steps"] == 6
+
+
+def test_the_optimizer_step_is_verls_adamw(setup):
+    """verl 0.4.0 steps `AdamW(actor.parameters(), lr, betas=(0.9, 0.999), weight_decay=0.01)`: every
+    parameter decays. transformers' Trainer would leave biases (Qwen2's q/k/v) and norm weights out; the
+    preset's weight_decay_all_parameters puts them back. One step from the same gradients, compared with a
+    plain torch AdamW built as verl builds it (lr raised to 1e-2 so the decay term, lr x 0.01 x p, shows)."""
+    import copy
+
+    root, model_dir, tok = setup
+    trainer = make_trainer(root, model_dir, tok, 1, learning_rate=1e-2)
+    model = trainer.model
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert any(n.endswith("q_proj.bias") for n in names) and any("norm" in n for n in names)
+    optimizer = trainer.create_optimizer()
+    decayed = {id(p) for g in optimizer.param_groups if g["weight_decay"] == 0.01 for p in g["params"]}
+    assert all(id(p) in decayed for p in model.parameters() if p.requires_grad)
+    # transformers' own choice (what a preset without weight_decay_all_parameters gets) skips them
+    plain = set(trainer.__class__.__mro__[1].get_decay_parameter_names(trainer, model))
+    assert not any(n.endswith("q_proj.bias") or "norm" in n for n in plain)
+
+    reference = copy.deepcopy(model)
+    verl_opt = torch.optim.AdamW(reference.parameters(), lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
+    g = torch.Generator().manual_seed(3)
+    for (_, p), (_, q) in zip(model.named_parameters(), reference.named_parameters()):
+        grad = torch.randn(p.shape, generator=g) * 1e-3
+        p.grad, q.grad = grad.clone(), grad.clone()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer.step()
+    verl_opt.step()
+    for (n, p), (_, q) in zip(model.named_parameters(), reference.named_parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-8, msg=n)
+    # the decay really acted on a bias: without it the step differs by lr x 0.01 x bias
+    bias = next(n for n in names if n.endswith("q_proj.bias"))
+    undecayed = before[bias] - 1e-2 * torch.sign(dict(model.named_parameters())[bias].grad)  # Adam's first step ~ lr x sign(g)
+    assert not torch.allclose(dict(model.named_parameters())[bias], undecayed, rtol=0, atol=1e-7)

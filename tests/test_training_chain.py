@@ -110,6 +110,7 @@ def test_sft_resume_then_grpo_with_the_real_reward(work, monkeypatch):
     assert model.config.use_cache is True
     info = json.loads((rl.output_dir / "reasonrank_training.json").read_text())
     assert info["stage"] == "grpo" and info["use_vllm"] is False and info["versions"]["trl"]
+    assert info["optimizer"] == {"weight_decay": 0.01, "weight_decay_all_parameters": True}  # verl 0.4.0's AdamW
 
     # … and straight into the reranker's hf backend
     from reasonrank.rerankers import Reranker

@@ -16,6 +16,11 @@ updates on mini-batches of 8 prompts. TRL counts completions per device and micr
 `total_epochs=1`: len(rows) // prompts_per_rollout rollout steps (verl's dataloader drops the last
 partial batch). `grpo_layout` computes them; explicit values in the overrides win.
 
+Optimizer. verl 0.4.0 builds `AdamW(actor.parameters(), betas=(0.9, 0.999), weight_decay=0.01)`: every
+parameter decays, biases and norm weights included. transformers' Trainer leaves those two out of
+weight decay; the presets' `weight_decay_all_parameters: true` puts them back (`grpo_trainer_class`),
+so with `weight_decay: 0.01` TRL's optimizer step is verl's (tests/test_grpo_verl.py).
+
 Loss. `VERL_LOSS` holds the GRPOConfig settings under which TRL's loss is verl 0.4.0's for the
 paper's layout (`ppo_micro_batch_size_per_gpu=1`): tests/test_grpo_verl.py computes verl's formulas
 by hand and compares them with TRL's own `_compute_loss`. What TRL cannot express is listed in
@@ -115,6 +120,19 @@ def resolve_use_vllm(value: Any) -> bool:
     return bool(value)
 
 
+def grpo_trainer_class(trl, decay_all_parameters: bool):
+    """TRL's GRPOTrainer, or (verl's optimizer) one whose AdamW decays every parameter, biases and
+    norm weights too, as verl's `AdamW(actor.parameters(), weight_decay=...)` does."""
+    if not decay_all_parameters:
+        return trl.GRPOTrainer
+
+    class DecayAllGRPOTrainer(trl.GRPOTrainer):
+        def get_decay_parameter_names(self, model) -> list[str]:
+            return [name for name, _ in model.named_parameters()]
+
+    return DecayAllGRPOTrainer
+
+
 def reward_functions(format_reward: bool) -> list[Callable]:
     return [trl_ranking_reward] + ([trl_format_reward] if format_reward else [])
 
@@ -142,7 +160,7 @@ def train_grpo(
     `preset`: `7b-full`, `32b-lora`, `cpu-tiny` or a JSON path; `overrides`: preset keys
     (`max_prompt_length`, `lora`, `prompts_per_rollout`, `prompts_per_update`, `rollout_steps` (a
     number or "epoch"),
-    `format_reward`) or GRPOConfig fields. Logged metrics include `rewards/trl_ranking_reward/mean`.
+    `format_reward`, `weight_decay_all_parameters`) or GRPOConfig fields. Logged metrics include `rewards/trl_ranking_reward/mean`.
     """
     trl = require("trl", "train", "GRPO training")
     run = prepare_run("grpo", model, data, output_dir, preset, overrides, resume_from_checkpoint, drop_overlong,
@@ -161,12 +179,15 @@ def train_grpo(
     args = build_config(trl.GRPOConfig, targs)
     peft_config = lora_config(cfg.get("lora"))
     net = load_model(run.model_path, bf16=bool(args.bf16), fp16=bool(args.fp16))
-    trainer = trl.GRPOTrainer(
+    trainer_cls = grpo_trainer_class(trl, bool(cfg.get("weight_decay_all_parameters")))
+    trainer = trainer_cls(
         model=net, reward_funcs=reward_functions(bool(cfg.get("format_reward"))), args=args,
         train_dataset=rl_dataset(run.rows), processing_class=run.tokenizer, peft_config=peft_config, callbacks=callbacks,
     )
     return finish_run(trainer, run, lora=peft_config is not None, merge=merge, details=lambda: {
         "use_vllm": args.use_vllm,
+        "optimizer": {"weight_decay": args.weight_decay,
+                      "weight_decay_all_parameters": bool(cfg.get("weight_decay_all_parameters"))},
         "batch": {"num_generations": args.num_generations,
                   "per_device_train_batch_size": args.per_device_train_batch_size,
                   "gradient_accumulation_steps": args.gradient_accumulation_steps,

@@ -20,7 +20,8 @@ from reasonrank.errors import ReasonRankError, parse_json
 STAGES = ("sft", "grpo")
 STAGE_KEYS = {
     "sft": {"cutoff_len", "lora", "fused_loss"},
-    "grpo": {"max_prompt_length", "lora", "prompts_per_rollout", "prompts_per_update", "rollout_steps", "format_reward"},
+    "grpo": {"max_prompt_length", "lora", "prompts_per_rollout", "prompts_per_update", "rollout_steps", "format_reward",
+             "weight_decay_all_parameters"},
 }
 INFO_KEYS = {"stage", "description", "source", "accelerate_config", "launch", "training_args"}
 
