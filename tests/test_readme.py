@@ -69,14 +69,15 @@ SKIPPED = {
         "installs from the network; scripts/setup.sh made this venv with the same command",
     "pip install torch": "a CUDA torch from the network, for a GPU machine",
     "pip install -c <(grep -v '^torch==' constraints.txt) -e \".[hf,train,vllm]\"":
-        "vLLM installs only with CUDA (a GPU machine, the network); tests/test_vllm_extra.py resolves it with --dry-run",
+        "the CUDA builds of torch and vLLM from the network, for a GPU machine; tests/test_vllm_extra.py resolves the "
+        "lock with --dry-run",
     "reasonrank rerank -c ../shared/data/bright -t biology -r ../shared/data/bright/runs/biology.reasonir_gpt4cot_top100.trec.gz "
     "-m reasonrank-7b -b vllm -o biology.trec":
-        "vLLM needs a CUDA GPU, and reasonrank-7b comes from the hub (online)",
+        "reasonrank-7b (15 GB) from the hub on vLLM: a GPU machine, online",
     "reasonrank rerank ... -m reasonrank-7b -b openai --base-url http://gpu1:8000/v1 --base-url http://gpu2:8000/v1":
         "needs two GPU servers serving reasonrank-7b; the HTTP path runs here against a local llama.cpp server (tdpart block)",
     "reasonrank rerank -c bright -t biology -r bm25.run -o reranked.run -m Qwen/Qwen2.5-32B-Instruct -b vllm --lora adapter/":
-        "vLLM and a 32B model from the hub: a GPU machine, online",
+        "a 32B model from the hub on vLLM: a GPU machine, online",
 }
 
 # -- how runs are scaled ---------------------------------------------------------------------------------
