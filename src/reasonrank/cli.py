@@ -25,7 +25,7 @@ TaskOpt = typer.Option(None, "--task", "-t", help="BRIGHT task (repeat to pair w
 
 
 def _measures(text: str) -> list[str]:
-    return [m.strip() for m in text.split(",") if m.strip()]
+    return list(dict.fromkeys(m.strip() for m in text.split(",") if m.strip()))  # a name given twice is one column
 
 
 def _task_from_run(run: Path) -> str:
