@@ -36,6 +36,19 @@ inside, answer after); `Generation.full_text` puts it back inline.
 prompt rendered locally, so the server applies no template); prompts without it, and the default
 mode, go to /v1/chat/completions with `messages`.
 
+One BOS over HTTP. A llama.cpp-family server (the C++ llama.cpp server, llama-cpp-python) tokenizes a
+/completions prompt with its model's special tokens added: when the GGUF says `tokenizer.ggml.add_bos_token`
+it puts a BOS before the text, even a text that (rendered with a chat template that writes `bos_token`)
+already begins with one, and the model then sees two. Neither server takes a request field that turns
+this off for a text prompt (llama.cpp always tokenizes with add_special; llama-cpp-python adds the BOS
+whenever the model asks for one). So the client asks each such server once, through its own tokenize
+endpoint (the same tokenization as /completions: `POST /tokenize {content, add_special, parse_special}`,
+`POST /extras/tokenize {input}`), whether it adds a token to an empty text; if it does and a prompt's
+text tokenizes to that token twice, the shortest head of the text that does so is the template's BOS
+text, which is then left out of every prompt that starts with it (`stats["bos_stripped"]` counts them):
+the server's own BOS takes its place, and the prompt's tokens are the in-process engine's. vLLM is told
+`add_special_tokens: false` instead (below).
+
 Greedy means greedy on every server. Servers fill fields a request leaves out with their own
 defaults: vLLM from the model's generation_config.json (Qwen2.5: repetition_penalty 1.05, top_k 20),
 llama.cpp with repeat_penalty 1.1 and min_p 0.05, and vLLM's completions endpoint adds special tokens
@@ -97,6 +110,14 @@ _PINS = {
     "unknown": {"repetition_penalty": 1.0, "repeat_penalty": 1.0, "top_k": -1, "min_p": 0.0},
 }
 _OWNED_BY = {"vllm": "vllm", "me": "llama-cpp-python", "llamacpp": "llama.cpp", "sglang": "vllm"}
+
+# Tokenize endpoints (at the server root) that tokenize a text exactly as the server's /completions does:
+# llama.cpp with add_special and parse_special, llama-cpp-python with add_bos and special tokens parsed.
+_TOKENIZE_AS_COMPLETIONS = {
+    "llama.cpp": ("/tokenize", lambda text: {"content": text, "add_special": True, "parse_special": True}),
+    "llama-cpp-python": ("/extras/tokenize", lambda text: {"input": text}),
+}
+_BOS_HEAD_CHARS = 128  # a template's BOS text (`<s>`, `<|begin_of_text|>`, ...) is far shorter
 
 
 def pinned_fields(kind: str, raw_prompt: bool) -> dict[str, Any]:
@@ -228,8 +249,12 @@ class OpenAIBackend:
             "per_url": {u: 0 for u in self.base_urls},  # attempts per base URL
             "server_kind": {},  # base URL -> vllm, llama-cpp-python, llama.cpp or unknown
             "dropped_fields": {},  # base URL -> pinned fields the server refused (sent no more)
+            "bos_stripped": 0,  # raw prompts sent without the template's BOS because the server adds one
         }
         self._kinds: dict[str, str] = {}
+        self._server_bos: dict[str, int | None] = {}  # base URL -> the token its /completions adds first (None: none)
+        self._bos_text: dict[str, str] = {}  # base URL -> the template's BOS text, once seen
+        self._plain_heads: dict[str, set[str]] = {}  # base URL -> prompt heads known not to start with a BOS
         self._in_flight = {u: 0 for u in self.base_urls}
         self._seconds_per_token: collections.deque[float] = collections.deque(maxlen=64)
         self._rr = 0
@@ -360,7 +385,9 @@ class OpenAIBackend:
             for key, value in deltas.items():
                 self.stats[key] += value
 
-    def _payload(self, prompt: Prompt, params: SamplingParams, url: str | None = None) -> tuple[str, dict]:
+    def _payload(self, prompt: Prompt, params: SamplingParams, url: str | None = None,
+                 text: str | None = None) -> tuple[str, dict]:
+        """The path and body of one request; `text` replaces `prompt.text` (a raw prompt without its BOS)."""
         body: dict[str, Any] = {
             "model": self.model,
             "max_tokens": int(params.max_new_tokens),
@@ -372,7 +399,7 @@ class OpenAIBackend:
             body["stop"] = list(params.stop)
         raw = self.use_completions and prompt.text is not None
         if raw:
-            path, body["prompt"] = "/completions", prompt.text
+            path, body["prompt"] = "/completions", prompt.text if text is None else text
         else:
             path, body["messages"] = "/chat/completions", prompt.messages
         if url is None or url not in self.stats["dropped_fields"]:
@@ -394,6 +421,60 @@ class OpenAIBackend:
         self._kinds[url] = kind
         with self._stats_lock:
             self.stats["server_kind"][url] = kind
+
+    async def _server_tokens(self, client, url: str, headers: dict, text: str) -> list[int]:
+        path, body = _TOKENIZE_AS_COMPLETIONS[self._kinds[url]]
+        root = url.removesuffix("/v1")
+        response = await client.post(root + path, json={"model": self.model, **body(text)}, headers=headers,
+                                     timeout=self._httpx.Timeout(60.0, connect=self.connect_timeout_s))
+        if response.status_code != 200:
+            raise ValueError(f"{root}{path} answered {response.status_code}")
+        tokens = response.json()["tokens"]
+        return [t["id"] if isinstance(t, dict) else int(t) for t in tokens]
+
+    async def _one_bos(self, client, url: str, headers: dict, text: str) -> str:
+        """The raw prompt `text` as it must be sent to this server for the model to see one BOS: without the
+        template's leading BOS text when the server adds a BOS itself (module docstring), else unchanged."""
+        if self._kinds.get(url) not in _TOKENIZE_AS_COMPLETIONS:
+            return text
+        try:
+            if url not in self._server_bos:
+                added = await self._server_tokens(client, url, headers, "")
+                self._server_bos[url] = added[0] if added else None
+            bos = self._server_bos[url]
+            if bos is None:
+                return text
+            known = self._bos_text.get(url)
+            if known is None:
+                head = text[:_BOS_HEAD_CHARS]
+                plain = self._plain_heads.setdefault(url, set())
+                if head in plain:
+                    return text
+
+                async def doubled(n: int) -> bool:  # the first n characters hold the template's BOS
+                    return (await self._server_tokens(client, url, headers, head[:n]))[:2] == [bos, bos]
+
+                if not await doubled(len(head)):
+                    plain.add(head)
+                    return text
+                lo, hi = 1, len(head)  # the shortest head that tokenizes to the server's BOS and the template's
+                while lo < hi:
+                    mid = (lo + hi) // 2
+                    if await doubled(mid):
+                        hi = mid
+                    else:
+                        lo = mid + 1
+                known = self._bos_text.setdefault(url, head[:lo])
+                log.info("%s adds a BOS (token %d) to every prompt; the rendered prompts' own %r is left out so the "
+                         "model sees one", url, bos, known)
+        except (self._httpx.HTTPError, ValueError, KeyError, TypeError, IndexError) as exc:
+            log.warning("%s: cannot tell whether the server adds a BOS (%s); prompts are sent as rendered", url, exc)
+            self._server_bos[url] = None
+            return text
+        if known and text.startswith(known):
+            self._count(bos_stripped=1)
+            return text[len(known):]
+        return text
 
     def _drop_pins(self, url: str, body: dict, path: str) -> dict:
         """Forget the pinned fields for this URL (a strict server refused one) and the body without them."""
@@ -431,7 +512,10 @@ class OpenAIBackend:
                 timeout = self._httpx.Timeout(self.request_timeout(params.max_new_tokens), connect=self.connect_timeout_s)
                 try:
                     await self._learn_kind(client, url, headers)
-                    path, body = self._payload(prompt, params, url)
+                    text = None
+                    if self.use_completions and prompt.text is not None:
+                        text = await self._one_bos(client, url, headers, prompt.text)
+                    path, body = self._payload(prompt, params, url, text)
                     try:
                         data = await self._post(client, url + path, body, headers, timeout)
                     except _UnknownFieldError:
