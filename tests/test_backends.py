@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from reasonrank.backends import factory, get_backend, tokenizer_source
+from reasonrank.backends import factory, get_backend, models, tokenizer_source
 from reasonrank.backends.base import Backend, Prompt, SamplingParams
 from reasonrank.errors import MissingExtra, ReasonRankError
 from servers import embedded_gguf, embedded_tokenizer, shared_llama_backend
@@ -173,6 +173,8 @@ def test_vllm_missing_extra_message(monkeypatch):
 def test_factory_names_and_model_resolution(tmp_path, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # registry hub ids resolve only while the hub may be asked
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    # a test double for the network: the hub cannot be reached from here, and an unreachable hub counts as offline
+    monkeypatch.setattr(models, "_hub_reachable", lambda endpoint: True)
     assert factory.backend_name("transformers") == "hf" and factory.backend_name("llama.cpp") == "llamacpp"
     assert factory.backend_name(None, "reasonrank-7b") == "hf"
     assert factory.backend_name(None, "/x/model.gguf") == "llamacpp"

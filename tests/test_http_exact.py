@@ -125,11 +125,12 @@ def test_greedy_output_over_http_is_byte_identical_to_in_process(llama_server):
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_every_window_over_http_has_the_in_process_prompt_tokens_and_output(llama_server, method):
     request = _request()
-    options = dict(max_passage_tokens=30, top_k=6, window=4, step=2, max_new_tokens=24)
+    sliding = {"step": 2} if method == "sliding" else {}  # tdpart takes no step
+    options = dict(max_passage_tokens=30, top_k=6, window=4, max_new_tokens=24, **sliding)
     http = Reranker("embedded", "openai", base_urls=[llama_server], method=method, max_retries=1, **options)
     assert http.stats.prompt_format == "text" and http.backend.use_completions  # registry name -> its tokenizer
     local = METHODS[method](shared_llama_backend(), PromptRenderer(embedded_tokenizer(), max_passage_tokens=30),
-                            top_k=6, window=4, step=2, params=http.params)
+                            top_k=6, window=4, params=http.params, **sliding)
     remote_result, local_result = http.rerank_batch([request])[0], local.rerank_batch([request])[0]
     assert len(remote_result.traces) == len(local_result.traces) >= 2
     for r, lo in zip(remote_result.traces, local_result.traces):
