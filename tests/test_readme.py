@@ -104,6 +104,7 @@ PRODUCED = {  # file a command reads -> how to find the README command that writ
     "runs/demo/traces.jsonl": re.compile(r"^reasonrank demo\b"),
 }
 SFT_STAND_IN = "synth-run/export/sft.jsonl"
+RL_STAND_IN = "synth-run/export/rl.jsonl"
 OUTPUT_FLAGS = ("-o", "--output", "--report", "--traces", "--per-query")
 FIGURE = re.compile(r"(?<![\w.@])\d+\.\d\d(?![\w.])")
 
@@ -236,8 +237,9 @@ class Workspace:
                     and not writer.match(text):
                 producer = next(c for c in all_commands() if writer.match(c.text))
                 self.run(producer)
-        if SFT_STAND_IN in text and not (self.cwd / SFT_STAND_IN).exists():
-            write_sft_stand_in(self.cwd / SFT_STAND_IN)
+        for stand_in, index in ((SFT_STAND_IN, 1), (RL_STAND_IN, 2)):
+            if stand_in in text and not (self.cwd / stand_in).exists():
+                write_stand_in(self.cwd / stand_in, index)
 
     def run(self, command: Command, timeout: float = 600) -> subprocess.CompletedProcess:
         self.inputs(command.text)
@@ -280,8 +282,9 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait(10)
 
 
-def write_sft_stand_in(path: Path) -> None:
-    """Two SFT rows from SciFact train qrels, in the export's format (what tests/test_training_chain.py trains on)."""
+def write_stand_in(path: Path, index: int) -> None:
+    """Rows from 2 SciFact train queries' qrels in the export's format (what tests/test_training_chain.py trains
+    on): `collection_rows`' SFT rows (index 1) or RL rows (index 2)."""
     from reasonrank.io import load_collection
     from reasonrank.prompts import PromptRenderer
     from reasonrank.tokenizer import load_tokenizer
@@ -289,9 +292,9 @@ def write_sft_stand_in(path: Path) -> None:
     from reasonrank.training.qrels_data import collection_rows
 
     renderer = PromptRenderer(load_tokenizer(str(qwen_gguf_path())), mode="reasonrank", max_passage_tokens=12)
-    _, sft, _ = collection_rows(load_collection(SCIFACT, split="train"), renderer, n_queries=2, window=3)
+    rows = collection_rows(load_collection(SCIFACT, split="train"), renderer, n_queries=2, window=3)[index]
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_rows(path, sft)
+    write_rows(path, rows)
 
 
 def check_output(command: Command, done: subprocess.CompletedProcess, cwd: Path) -> None:
