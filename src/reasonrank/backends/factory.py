@@ -66,8 +66,8 @@ def resolve_model(backend: str, model: str | None) -> str:
             raise ReasonRankError("the openai backend needs --model: the model name the server serves")
         return str(model)
     if spec is not None and spec.embedded is not None:
-        if backend == "vllm":
-            raise ReasonRankError("the embedded GGUF model is meant for llama.cpp; vLLM needs a hub model or directory")
+        if backend == "vllm":  # vLLM 0.30 reads no GGUF: the embedded model as a bf16 checkpoint, converted once
+            return str(models.embedded_checkpoint(spec.embedded))
         return str(models.ensure_embedded(spec.embedded))
     if spec is not None and spec.hub_id:
         if backend == "llamacpp":

@@ -12,6 +12,10 @@ when the budget did. A stop string is cut from the returned text (as OpenAI serv
 A GGUF file can be loaded with `gguf_file=` (or by passing the .gguf path as the model): transformers
 dequantizes it to full precision (slow to load; float32 on CPU by default).
 
+Log-probabilities (`capabilities.logprobs`): `next_token_logprobs(prompts, candidates, top_k)` runs one
+forward pass per batch (left-padded, each row with its own position ids) and reads the log-softmax of
+the logits after each prompt, as llama.cpp's and vLLM's do (pointwise P(true)).
+
 `lora=` a PEFT adapter directory: the base model is wrapped in a PeftModel and generates through the
 adapter, unmerged (the output equals the merged model's up to float rounding; tests/test_lora.py).
 """
@@ -24,7 +28,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from reasonrank.backends.base import Capabilities, model_identity, Generation, Prompt, SamplingParams
+from reasonrank.backends.base import Capabilities, model_identity, Generation, NextTokenLogprobs, Prompt, SamplingParams
 from reasonrank.errors import require
 
 
@@ -93,7 +97,7 @@ class HFBackend:
         self.pad_id = pad if pad is not None else self.eos_ids[0]
         self._lock = threading.Lock()
         self.dtype = str(self._model.dtype).replace("torch.", "")
-        self.capabilities = Capabilities(batch_size=self.batch_size, concurrency=1)
+        self.capabilities = Capabilities(batch_size=self.batch_size, concurrency=1, logprobs=True)
 
     def fingerprint(self) -> dict:
         return {"backend": self.name, "model": model_identity(self.model), "dtype": self.dtype,
@@ -189,6 +193,66 @@ class HFBackend:
             finish = "stop"  # generation ended early without EOS (a stop string spanning the edge)
         return Generation(text=text, prompt_tokens=len(prompt_ids), completion_tokens=len(tokens),
                           finish_reason=finish, seconds=seconds)
+
+    def next_token_logprobs(
+        self, prompts: Sequence[Prompt], candidates: Sequence[str] = (), top_k: int = 20
+    ) -> list[NextTokenLogprobs]:
+        """For each prompt, log-probabilities of the token that follows it (one forward pass per batch of
+        `batch_size`, left-padded with matching position ids): the top `top_k` tokens by text, and each
+        candidate string's first token (its tokenization without special tokens), keyed by the candidate."""
+        torch = self._torch
+        cand_ids = {}
+        for cand in candidates:
+            toks = self.tokenizer(cand, add_special_tokens=False)["input_ids"]
+            if not toks:
+                raise ValueError(f"candidate {cand!r} has no tokens")
+            cand_ids[cand] = toks[0]
+        results: list[NextTokenLogprobs | None] = [None] * len(prompts)
+        encoded: list[tuple[int, list[int]]] = []
+        for i, prompt in enumerate(prompts):
+            if prompt.text is None:
+                results[i] = NextTokenLogprobs(error="transformers backend needs Prompt.text (the rendered prompt)")
+                continue
+            ids = self.tokenizer(prompt.text, add_special_tokens=False)["input_ids"]
+            if self.max_context and len(ids) + 1 > self.max_context:
+                results[i] = NextTokenLogprobs(prompt_tokens=len(ids), error=(
+                    f"prompt of {len(ids)} tokens does not fit the model's context of {self.max_context} tokens"))
+                continue
+            encoded.append((i, ids))
+        encoded.sort(key=lambda item: -len(item[1]))
+        with self._lock:
+            for start in range(0, len(encoded), self.batch_size):
+                batch = encoded[start:start + self.batch_size]
+                try:
+                    rows = self._last_logprobs([ids for _, ids in batch])
+                except Exception as exc:  # noqa: BLE001 - one failing batch must not lose the run
+                    for i, ids in batch:
+                        results[i] = NextTokenLogprobs(prompt_tokens=len(ids),
+                                                       error=f"transformers forward failed: {type(exc).__name__}: {exc}")
+                    continue
+                for (i, ids), row in zip(batch, rows):
+                    values, indices = torch.topk(row, min(max(0, int(top_k)), row.shape[-1]))
+                    top: dict[str, float] = {}
+                    for v, t in zip(values.tolist(), indices.tolist()):
+                        top.setdefault(self.tokenizer.decode([t], skip_special_tokens=False), float(v))
+                    results[i] = NextTokenLogprobs(top=top, candidates={c: float(row[t]) for c, t in cand_ids.items()},
+                                                   prompt_tokens=len(ids))
+        return results  # type: ignore[return-value]
+
+    def _last_logprobs(self, batch: list[list[int]]):
+        """log-softmax of the logits after each prompt's last token (float32 rows, one per prompt)."""
+        torch = self._torch
+        width = max(len(ids) for ids in batch)
+        input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, ids in enumerate(batch):  # left padding
+            input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
+            attention[row, width - len(ids):] = 1
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)  # each prompt's own positions, as unpadded
+        with torch.inference_mode():
+            logits = self._model(input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device),
+                                 position_ids=positions.to(self.device)).logits[:, -1, :]
+        return torch.log_softmax(logits.float(), dim=-1).cpu()
 
     def close(self) -> None:
         with self._lock:

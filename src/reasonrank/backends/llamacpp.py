@@ -38,7 +38,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reasonrank.backends.base import Capabilities, file_identity, Generation, Prompt, SamplingParams
+from reasonrank.backends.base import Capabilities, file_identity, Generation, NextTokenLogprobs, Prompt, SamplingParams  # noqa: F401 (NextTokenLogprobs: re-exported)
 from reasonrank.errors import ReasonRankError, require
 
 MAX_DEFAULT_CTX = 32768  # the default n_ctx: the model's training context, at most this
@@ -82,16 +82,6 @@ class LogprobGeneration(Generation):
     model's distribution before sampling, plus the token actually chosen)."""
 
     top_logprobs: list[dict[str, float]] = field(default_factory=list)
-
-
-@dataclass
-class NextTokenLogprobs:
-    """The distribution of the one token that follows a prompt."""
-
-    top: dict[str, float] = field(default_factory=dict)  # token text -> logprob, best first
-    candidates: dict[str, float] = field(default_factory=dict)  # candidate string -> logprob of its first token
-    prompt_tokens: int = 0
-    error: str = ""
 
 
 class _StepRecorder:

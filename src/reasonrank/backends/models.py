@@ -199,6 +199,21 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def embedded_checkpoint(model: EmbeddedModel = QWEN_05B, dtype: str = "bfloat16", log=_stderr) -> Path:
+    """The embedded GGUF as a plain checkpoint directory (dequantised to `dtype`), for engines that do not
+    read GGUF (vLLM 0.30: GGUF moved to a CUDA-only plugin). Converted once (~1 min for the 0.5B) beside
+    the GGUF, `<file>.<dtype>/`, and reused after; the conversion writes a `.partial` folder first."""
+    gguf = ensure_embedded(model, log=log)
+    short = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}.get(dtype, dtype)
+    target = gguf.with_name(f"{gguf.name}.{short}")
+    if not (target / "config.json").is_file():
+        from reasonrank.training.models import gguf_to_hf
+
+        log(f"model: converting {gguf.name} to a {dtype} checkpoint once ({target})")
+        gguf_to_hf(gguf, target, dtype=dtype, log=log)
+    return target
+
+
 def ensure_embedded(model: EmbeddedModel = QWEN_05B, log=_stderr) -> Path:
     """Return the assembled GGUF, fetching and assembling it first if needed. Verified every first time."""
     target = embedded_path(model)

@@ -18,12 +18,13 @@ How one pair is judged here (two backend requests per pair; one when the reasoni
    budget (finish_reason "length") it is first cut back to its last `.`, `!` or `?` and
    `cut_separator` (a newline) goes before `</think>` (Rank1's fix for incomplete replies; Rank1 also
    re-strips the reasoning's start, this keeps it as generated so llama.cpp can reuse its KV cache);
-3. the score, with a backend that has `next_token_logprobs` (llama.cpp): log-probabilities of the
+3. the score, with a backend that has `next_token_logprobs` (llama.cpp, transformers, vLLM; declared in
+   `capabilities.logprobs`): log-probabilities of the
    first token of " true" and of " false" as the next token after the judgement prompt, and
        score = P(true) / (P(true) + P(false)) = 1 / (1 + exp(lp_false - lp_true)),
    a probability in [0, 1]; other tokens' mass (a newline, "True", …) is ignored, as Rank1 does by
    reading only those two tokens;
-4. without log-probabilities (transformers, vLLM, OpenAI-compatible backends here) the judgement is
+4. without log-probabilities (OpenAI-compatible backends here, or scoring="label") the judgement is
    generated (`answer_tokens` tokens, greedy) and parsed: the first word `true` or `false`
    (case-insensitive) gives score 1.0 or 0.0; no such word is a parse failure with score 0.5. With
    messages only (an HTTP chat backend without a tokenizer, so no prefill is possible) a single call
