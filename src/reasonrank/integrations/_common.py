@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from reasonrank.serving.schema import relevance_score
+from reasonrank.scoring import score_ranking
 from reasonrank.types import Candidate
-from reasonrank.validation import check_rerank_input
+from reasonrank.validation import InvalidInput, check_rerank_input, type_name
 
 
 def build_reranker(model: str | None, backend: str | None, reranker: Any | None, options: dict[str, Any], *,
@@ -60,25 +60,47 @@ def journal_path(reranker) -> str | None:
     return str(path) if path is not None else None
 
 
-def _candidates(query: Any, texts: Sequence[Any], top_n: Any) -> tuple[int, list[Candidate]]:
+def _candidates(query: Any, texts: Sequence[Any], top_n: Any, scores: Sequence[Any] | None) -> tuple[int, list[Candidate]]:
     n = check_rerank_input(query, texts, top_n)
+    check_first_stage(scores, len(texts))
     # positions as ids: texts carry none
     return n, [Candidate(str(i), 0.0, text) for i, text in enumerate(texts)]
 
 
-def _ranked(result, n: int) -> list[tuple[int, float]]:
-    return [(int(c.docid), relevance_score(rank)) for rank, c in enumerate(result.candidates[:n])]
+def check_first_stage(scores: Sequence[Any] | None, n: int) -> None:
+    """First-stage scores, one number per document, or None; else InvalidInput."""
+    if scores is None:
+        return
+    if len(scores) != n:
+        raise InvalidInput(f"{len(scores)} first-stage scores for {n} documents: give one per document, or none")
+    for i, value in enumerate(scores):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            raise InvalidInput(f"scores[{i}] must be a number, got {type_name(value)}")
 
 
-def rerank_texts(reranker, query: Any, texts: Sequence[Any], top_n: Any = None) -> list[tuple[int, float]]:
-    """(index into `texts`, relevance score) best first, `top_n` of them (None: all). Bad input raises
-    reasonrank.validation.InvalidInput; scores are the HTTP service's, 1 / (rank + 1)."""
-    n, candidates = _candidates(query, texts, top_n)
-    return _ranked(reranker.rerank(query, candidates), n)
+def first_stage(values: Sequence[Any]) -> list[float] | None:
+    """The first stage's scores when every document has one (a node's, a Document's score), else None: the input
+    order then stands for the first stage (reasonrank.scoring)."""
+    return [float(v) for v in values] if values and all(v is not None for v in values) else None
 
 
-async def arerank_texts(reranker, query: Any, texts: Sequence[Any], top_n: Any = None) -> list[tuple[int, float]]:
+def _ranked(reranker, result, n: int, scores: Sequence[float] | None) -> list[tuple[int, float]]:
+    # the scores every face reports, from the reranker's spec (score_mode, blend_weight, min_score): reasonrank.scoring
+    return score_ranking(reranker.spec, [int(c.docid) for c in result.candidates], scores)[:n]
+
+
+def rerank_texts(reranker, query: Any, texts: Sequence[Any], top_n: Any = None,
+                 scores: Sequence[float] | None = None) -> list[tuple[int, float]]:
+    """(index into `texts`, score) best first, `top_n` of them (None: all). `scores`: the first stage's score of
+    each text (None: their order stands for it). Bad input raises reasonrank.validation.InvalidInput; the scores
+    are the HTTP service's (reasonrank.scoring: 1 / (rank + 1), or the spec's blend; `min_score` drops some)."""
+    n, candidates = _candidates(query, texts, top_n, scores)
+    return _ranked(reranker, reranker.rerank(query, candidates), n, scores)
+
+
+async def arerank_texts(reranker, query: Any, texts: Sequence[Any], top_n: Any = None,
+                        scores: Sequence[float] | None = None) -> list[tuple[int, float]]:
     """`rerank_texts` for async callers: `reranker.arerank` (the reranking runs in a worker thread, so the
     event loop stays free)."""
-    n, candidates = _candidates(query, texts, top_n)
-    return _ranked(await reranker.arerank(query, candidates), n)
+    n, candidates = _candidates(query, texts, top_n, scores)
+    return _ranked(reranker, await reranker.arerank(query, candidates), n, scores)

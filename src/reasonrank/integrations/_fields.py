@@ -37,8 +37,8 @@ class RerankerFields(BaseModel):
     def reranker(self):
         return self._reranker
 
-    def _rank(self, query, texts) -> list[tuple[int, float]]:
-        return rerank_texts(self._reranker, query, texts, self.top_n)
+    def _rank(self, query, texts, scores=None) -> list[tuple[int, float]]:
+        return rerank_texts(self._reranker, query, texts, self.top_n, scores)
 
-    async def _arank(self, query, texts) -> list[tuple[int, float]]:
-        return await arerank_texts(self._reranker, query, texts, self.top_n)
+    async def _arank(self, query, texts, scores=None) -> list[tuple[int, float]]:
+        return await arerank_texts(self._reranker, query, texts, self.top_n, scores)

@@ -17,14 +17,16 @@ from llama_index.core.callbacks import CBEventType, EventPayload  # noqa: E402
 from llama_index.core.postprocessor.types import BaseNodePostprocessor  # noqa: E402
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle  # noqa: E402
 
+from reasonrank.integrations._common import first_stage  # noqa: E402
 from reasonrank.integrations._fields import RerankerFields  # noqa: E402
 
 
 class ReasonRankPostprocessor(RerankerFields, BaseNodePostprocessor):
     """Reorder nodes with the listwise reasoning model and keep the `top_n` best (None: all).
 
-    Returns `NodeWithScore`s in the new order, each scored 1 / (rank + 1) (the HTTP service's score). The
-    model reads each node's content without metadata. Bad input (no query, no nodes, a node without text,
+    Returns `NodeWithScore`s in the new order, each scored as every face scores (reasonrank.scoring: 1 / (rank
+    + 1) by default; with the spec's `score_mode="blend"` the nodes' incoming scores, when every node has one,
+    are the first stage's, else their order is). The model reads each node's content without metadata. Bad input (no query, no nodes, a node without text,
     `top_n` below 1) raises `reasonrank.validation.InvalidInput`, a ValueError. `apostprocess_nodes`
     awaits the reranker's `arerank` (the reranking runs in a worker thread, the event loop stays free).
 
@@ -41,14 +43,14 @@ class ReasonRankPostprocessor(RerankerFields, BaseNodePostprocessor):
     def _postprocess_nodes(self, nodes: List[NodeWithScore], query_bundle: Optional[QueryBundle] = None) -> List[NodeWithScore]:
         query, texts = _inputs(nodes, query_bundle)
         with self.callback_manager.event(CBEventType.RERANKING, payload=self._payload(nodes, query)) as event:
-            out = _scored(nodes, self._rank(query, texts))
+            out = _scored(nodes, self._rank(query, texts, first_stage([n.score for n in nodes])))
             event.on_end(payload={EventPayload.NODES: out})
         return out
 
     async def _apostprocess_nodes(self, nodes: List[NodeWithScore], query_bundle: Optional[QueryBundle] = None) -> List[NodeWithScore]:
         query, texts = _inputs(nodes, query_bundle)
         with self.callback_manager.event(CBEventType.RERANKING, payload=self._payload(nodes, query)) as event:
-            out = _scored(nodes, await self._arank(query, texts))
+            out = _scored(nodes, await self._arank(query, texts, first_stage([n.score for n in nodes])))
             event.on_end(payload={EventPayload.NODES: out})
         return out
 

@@ -11,8 +11,9 @@ which the stdio transport owns; logs go to stderr.
 
 Tools:
 
-* `rerank(query, documents, top_n)`: the documents' indices best first with a relevance score (1 / (rank
-  + 1), as the HTTP service scores) and the text;
+* `rerank(query, documents, top_n, scores)`: the documents' indices best first with a relevance score (as every
+  face scores, reasonrank.scoring: 1 / (rank + 1), or --score-mode blend with the optional first-stage `scores`)
+  and the text;
 * `evaluate(run, qrels, measures)`: IR measures of a run, as `reasonrank evaluate` computes them. Run and
   qrels come inline, as JSON objects or as the text of a file (TREC run; TREC, BEIR TSV or R2MED qrels),
   never as paths: a server reachable over HTTP must not read its own files for a caller.
@@ -110,7 +111,8 @@ def _add_rerank_tool(server, reranker: Callable[[], object], top_k: int | None) 
 
     class Hit(BaseModel):
         index: int = Field(description="Position of the document in the documents sent.")
-        relevance_score: float = Field(description="1 / (rank + 1): 1.0 for the best, decreasing down the list.")
+        relevance_score: float = Field(description="The server's --score-mode: rank (default) 1 / (rank + 1), 1.0 for the "
+                                                   "best, decreasing down the list; blend mixes in the first stage's score.")
         document: str
 
     class Ranking(BaseModel):
@@ -122,11 +124,14 @@ def _add_rerank_tool(server, reranker: Callable[[], object], top_k: int | None) 
         documents: Annotated[List[str], Field(description="Passage texts, none blank, in first-stage order (best first); "
                                                           f"beyond the server's --top-k ({top_k or 100}) they keep their order.")],
         top_n: Annotated[Optional[int], Field(description="How many results to return (at least 1; default: all).")] = None,
+        scores: Annotated[Optional[List[float]], Field(
+            description="The first stage's score of each document (optional; with the server's --score-mode blend they are "
+                        "mixed with the rerank position; without them the documents' order stands for the first stage).")] = None,
     ) -> Ranking:
         """Rerank documents by relevance to the query with a listwise reasoning model: it reads windows of
         passages, reasons, and orders them."""
         with _as_tool_error():
-            ranked = rerank_texts(reranker(), query, documents, top_n)
+            ranked = rerank_texts(reranker(), query, documents, top_n, scores)
         return Ranking(results=[Hit(index=i, relevance_score=score, document=documents[i]) for i, score in ranked])
 
 

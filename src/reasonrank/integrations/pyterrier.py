@@ -22,6 +22,7 @@ from reasonrank.errors import UnknownIdError, require
 from reasonrank.integrations._common import build_reranker
 from reasonrank.io import Collection, load_collection
 from reasonrank.retrieval import BM25Index
+from reasonrank.scoring import score_results
 from reasonrank.types import Candidate, Query, Request, Result
 from reasonrank.validation import InvalidInput, check_query
 
@@ -51,8 +52,9 @@ class ReasonRankReranker(pt.Transformer):
     """Rerank a result frame (`qid, query, docno, text[, title, score, rank]`) with the reranker a spec builds
     (the listwise reasoning model by default).
 
-    The frame comes back in the new order with a new `score` (rank-derived, higher is better) and `rank`;
-    every other column is kept. Each query's candidates enter in first-stage order (by `score` when the
+    The frame comes back in the new order with a new `score` (reasonrank.scoring, as every face scores: 1 / (rank
+    + 1), or with the spec's `score_mode="blend"` mixed with the frame's incoming `score`) and `rank`; every other
+    column is kept (rows under the spec's `min_score` are dropped). Each query's candidates enter in first-stage order (by `score` when the
     frame has one); `title`, when present, goes into the prompt as `Title: … Content: …`, as `reasonrank
     rerank` does. All queries of a frame go to one `rerank_batch`, so the windows of many queries at the
     same step share backend calls.
@@ -72,7 +74,9 @@ class ReasonRankReranker(pt.Transformer):
             return pt.model.add_ranks(inp.assign(score=pd.Series(dtype="float64")))
         frames = [_first_stage_order(frame) for _, frame in inp.groupby("qid", sort=False)]
         requests = [_request(frame) for frame in frames]
-        results = self.reranker.rerank_batch(requests)
+        # the scores every face reports (reasonrank.scoring), the frame's `score` as the first stage's where it has one
+        results = score_results(self.reranker.spec, requests, self.reranker.rerank_batch(requests),
+                                first_stage="score" in inp.columns)
         return pd.concat([_reordered(frame, result) for frame, result in zip(frames, results)], ignore_index=True)
 
     def __repr__(self) -> str:
@@ -94,10 +98,11 @@ def _request(frame: pd.DataFrame) -> Request:
     if len(set(docnos)) < len(docnos):
         raise InvalidInput(f"qid {qid}: docno {next(d for d in docnos if docnos.count(d) > 1)} appears twice")
     titles = frame["title"] if "title" in frame.columns else [""] * len(frame)
+    scores = frame["score"] if "score" in frame.columns else [0.0] * len(frame)
     # docnos as the candidates' ids: the journal (journal=...) then holds real ids, is shared with
     # `reasonrank rerank` and the run report, and a window met again elsewhere resumes
-    candidates = [Candidate(docno, 0.0, _text(qid, docno, text), title if isinstance(title, str) else "")
-                  for docno, text, title in zip(docnos, frame["text"], titles)]
+    candidates = [Candidate(docno, float(score), _text(qid, docno, text), title if isinstance(title, str) else "")
+                  for docno, text, title, score in zip(docnos, frame["text"], titles, scores)]
     return Request(Query(qid, query), candidates)
 
 

@@ -1,5 +1,6 @@
-"""HTTP rerank service: Cohere-compatible /v1/rerank and /v2/rerank over the listwise reranker,
-with windows of concurrent requests batched together. `reasonrank serve` runs it."""
+"""HTTP rerank service: Cohere-compatible /v1/rerank and /v2/rerank over the listwise reranker, and the
+text-embeddings-inference, Jina and vLLM rerank APIs beside them (reasonrank.serving.shapes), with windows
+of concurrent requests batched together. `reasonrank serve` runs it."""
 
 from reasonrank.serving.config import ServeConfig, read_api_keys
 

@@ -6,7 +6,10 @@
 Endpoints:
 
 * POST /v1/rerank, POST /v2/rerank: Cohere-shaped rerank (see reasonrank.serving.schema); the
-  official `cohere` SDK works unchanged with `base_url` pointing here.
+  official `cohere` SDK works unchanged with `base_url` pointing here. The same paths answer Jina's
+  and vLLM's rerank requests, told apart by the body (reasonrank.serving.shapes).
+* POST /rerank: text-embeddings-inference's rerank (`texts`) or vLLM's (`documents`).
+* POST /score (and /v1/score): vLLM's score API, one query against its documents.
 * GET /v1/models: the served model name and the aliases requests may use.
 * GET /health: liveness/readiness (never needs the API key).
 * GET /metrics: Prometheus text format (requests, latency histogram, windows by parse status, parse
@@ -32,11 +35,11 @@ import json
 import logging
 import threading
 import time
-import uuid
 from contextlib import asynccontextmanager
 from typing import Callable
 
-from reasonrank.errors import require
+from reasonrank.errors import ReasonRankError, require
+from reasonrank.scoring import score_ranking
 from reasonrank.spec import RerankerSpec
 
 fastapi = require("fastapi", "serve", "The rerank service")
@@ -45,7 +48,8 @@ from fastapi import Request  # module level: FastAPI resolves the handlers' anno
 from reasonrank.serving.batching import BatchingBackend, RequestCancelled
 from reasonrank.serving.config import ServeConfig, check_servable, model_names
 from reasonrank.serving.metrics import Metrics
-from reasonrank.serving.schema import ApiError, Limits, RerankInput, build_response, parse_request
+from reasonrank.serving import shapes
+from reasonrank.serving.schema import ApiError, Limits, RerankInput
 
 log = logging.getLogger("reasonrank.serving")
 
@@ -213,11 +217,12 @@ def create_app(source: ServeConfig | RerankerFactory | None = None, config: Serv
         return JSONResponse({"message": str(exc.detail), "type": "http_error", "code": exc.status_code},
                             status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
-    async def handle(request, version: int):
-        endpoint = f"/v{version}/rerank"
+    async def handle(request, endpoint: str):
+        """One rerank request to `endpoint` in whichever API shape its body is (reasonrank.serving.shapes)."""
         started = time.perf_counter()
         status = 500
         admitted = False
+        shape = shapes.default_shape(endpoint)
         try:
             _check_auth(service, request)
             raw = await _read_body(request, service.config.max_body_bytes)
@@ -226,8 +231,14 @@ def create_app(source: ServeConfig | RerankerFactory | None = None, config: Serv
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 raise ApiError(400, f"the request body is not valid JSON: {exc}") from None
             c = service.config
-            req = parse_request(body, version, Limits(c.max_documents, c.max_document_chars, c.max_query_chars),
-                                service.names, service.served)
+            shape = shapes.detect(endpoint, body)
+            shaped = shapes.parse(shape, body, Limits(c.max_documents, c.max_document_chars, c.max_query_chars),
+                                  service.names, service.served)
+            req = shaped.req
+            try:  # the request's scoring settings over the served spec's (reasonrank.scoring: one place for every face)
+                scoring = service.spec.replace(**req.scoring)
+            except ReasonRankError as exc:
+                raise ApiError(400, str(exc)) from None
             service.admit()
             admitted = True
             service.metrics.documents.inc(len(req.texts))
@@ -245,11 +256,13 @@ def create_app(source: ServeConfig | RerankerFactory | None = None, config: Serv
                 order, traces = await anyio.to_thread.run_sync(service.rerank, req, cancel, limiter=limiter)
             finally:
                 watcher.cancel()
+            content, headers = shapes.respond(shaped, score_ranking(scoring, order, req.scores), traces, service.served)
             status = 200
-            return JSONResponse(build_response(req, order, traces, str(uuid.uuid4())))
+            return JSONResponse(content, headers=headers)
         except ApiError as exc:
-            status = exc.status
-            return error(exc)
+            status, content = shapes.error_body(shape, exc)
+            headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+            return JSONResponse(content, status_code=status, headers=headers)
         except (RequestCancelled, ClientDisconnect):
             status = 499  # nginx's "client closed request"; nobody reads this response
             service.metrics.cancelled.inc()
@@ -257,9 +270,9 @@ def create_app(source: ServeConfig | RerankerFactory | None = None, config: Serv
             return JSONResponse({"message": "client disconnected", "type": "cancelled", "code": 499}, status_code=499)
         except Exception as exc:  # one bad request must not take the server down
             log.exception("%s failed", endpoint)
-            status = 500
-            return JSONResponse({"message": f"internal error: {type(exc).__name__}: {exc}", "type": "internal_error",
-                                 "code": 500}, status_code=500)
+            status, content = shapes.error_body(shape, ApiError(500, f"internal error: {type(exc).__name__}: {exc}",
+                                                                "internal_error"))
+            return JSONResponse(content, status_code=status)
         finally:
             if admitted:
                 service.release()
@@ -267,12 +280,24 @@ def create_app(source: ServeConfig | RerankerFactory | None = None, config: Serv
             service.metrics.latency.labels(endpoint=endpoint).observe(time.perf_counter() - started)
 
     @app.post("/v1/rerank")
-    async def rerank_v1(request: Request):
-        return await handle(request, 1)
+    async def rerank_v1(request: Request):  # Cohere v1, Jina, vLLM: told apart by the body
+        return await handle(request, "/v1/rerank")
 
     @app.post("/v2/rerank")
-    async def rerank_v2(request: Request):
-        return await handle(request, 2)
+    async def rerank_v2(request: Request):  # Cohere v2, vLLM
+        return await handle(request, "/v2/rerank")
+
+    @app.post("/rerank")
+    async def rerank_bare(request: Request):  # TEI (texts) or vLLM (documents)
+        return await handle(request, "/rerank")
+
+    @app.post("/score")
+    async def score(request: Request):  # vLLM's score API
+        return await handle(request, "/score")
+
+    @app.post("/v1/score")
+    async def score_v1(request: Request):  # vLLM's older path of it
+        return await handle(request, "/v1/score")
 
     @app.get("/v1/models")
     async def list_models(request: Request):

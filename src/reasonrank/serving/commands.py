@@ -1,4 +1,5 @@
-"""`reasonrank serve`: run the rerank service (Cohere-compatible /v1/rerank and /v2/rerank) with uvicorn.
+"""`reasonrank serve`: run the rerank service (Cohere's /v1/rerank and /v2/rerank; TEI's /rerank, Jina's and vLLM's
+rerank and vLLM's /score on the same server: reasonrank.serving.shapes) with uvicorn.
 
     reasonrank serve                                   # embedded model, llama.cpp, 127.0.0.1:8000
     reasonrank serve --model reasonrank-7b --backend vllm --alias rerank-v3.5 --port 8080
@@ -53,7 +54,7 @@ def serve(
     graceful_timeout: float = typer.Option(300.0, help="On SIGTERM/SIGINT, wait this long for accepted requests to finish."),
     log_level: str = typer.Option("info", help="uvicorn log level."),
 ):
-    """Serve POST /v1/rerank and /v2/rerank (Cohere's API), GET /health and GET /metrics."""
+    """Serve rerank APIs (Cohere /v1/rerank /v2/rerank, TEI /rerank, Jina, vLLM /rerank /score), GET /health and GET /metrics."""
     import logging
 
     import uvicorn

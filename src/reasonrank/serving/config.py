@@ -35,7 +35,7 @@ class ServeConfig:
     per document, `max_query_chars`, `max_body_bytes` for the whole request body (413), and
     `max_in_flight` requests at once (503 beyond it).
 
-    Auth: when `api_keys` is non-empty, /v1/rerank, /v2/rerank and /metrics need
+    Auth: when `api_keys` is non-empty, every rerank and score path and /metrics need
     `Authorization: Bearer <key>`; /health stays open for probes.
     """
 

@@ -9,6 +9,11 @@ Request (POST /v1/rerank or /v2/rerank, JSON):
     top_n             integer >= 1; how many results to return (more than the documents: all)
     return_documents  boolean; include each document in its result
     rank_fields       (v1) list of keys: rank on "key: value" lines of those fields of object documents
+    score_mode, blend_weight, min_score (extension): this request's scoring (reasonrank.scoring; default:
+                      the served spec's): `rank` or `blend`, the reranker's weight in a blend, a threshold
+    documents[i].score (extension): the first stage's score of an object document (a number; give it for
+                      every document or none), which `blend` mixes in; without it the input order stands for
+                      the first stage
     return_reasoning  boolean (extension): add `reasoning`, the per-window model output (method, role,
                       positions, documents, permutation, status, reasoning, raw output, tokens)
     max_chunks_per_doc, max_tokens_per_doc, priority, relevant_spans: accepted and ignored
@@ -17,14 +22,17 @@ Request (POST /v1/rerank or /v2/rerank, JSON):
 Response:
 
     {"id": "...", "results": [{"index": 3, "relevance_score": 1.0, "document": {"text": ...}?}, ...],
-     "meta": {"api_version": {"version": "1"|"2", ...}, "billed_units": {"search_units": 1},
+     "meta": {"api_version": {"version": "1"|"2", ...},
+              "billed_units": {"search_units": 1, "input_tokens": N, "output_tokens": M},
               "tokens": {"input_tokens": N, "output_tokens": M}, "warnings": [...]?},
      "reasoning": [...]?}
 
-`relevance_score` is derived from the final rank only: the document ranked r-th (r = 0 for the top)
-scores 1 / (r + 1), the reciprocal rank. It is in (0, 1], 1.0 for the top document and strictly
-decreasing down the list, so sorting by it gives the model's order; it is not a calibrated
-probability and does not compare across requests beyond that.
+`relevance_score` is the score every face reports (reasonrank.scoring). With score_mode `rank` (the
+default) it is derived from the final rank only: the document ranked r-th (r = 0 for the top) scores
+1 / (r + 1), the reciprocal rank. It is in (0, 1], 1.0 for the top document and strictly decreasing
+down the list, so sorting by it gives the model's order; it is not a calibrated probability and does
+not compare across requests beyond that. With `blend` it mixes the rank with the first stage's score
+(results re-sorted by it); `min_score` drops results below it before `top_n` counts them.
 """
 
 from __future__ import annotations
@@ -59,6 +67,8 @@ class RerankInput:
     return_documents: bool = False
     return_reasoning: bool = False
     ignored: list[str] = field(default_factory=list)
+    scores: list[float] | None = None  # the first stage's score of each document (extension), None: not given
+    scoring: dict[str, Any] = field(default_factory=dict)  # this request's score_mode/blend_weight/min_score
 
 
 @dataclass
@@ -132,7 +142,39 @@ def _parse(body: Any, version: int, limits: Limits, model_names: list[str], serv
         version=version, model=model, query=query, texts=texts, originals=documents,
         top_n=check_top_n(body.get("top_n"), len(documents)), return_documents=_bool(body, "return_documents"),
         return_reasoning=_bool(body, "return_reasoning"), ignored=[k for k in IGNORED_FIELDS if body.get(k) is not None],
+        scores=first_stage_scores(documents), scoring=request_scoring(body),
     )
+
+
+def first_stage_scores(documents: list) -> list[float] | None:
+    """The `score` of every object document (reasonrank's extension: the first stage's score), or None when
+    no document has one. Some but not all is an error: the blend would mix unlike things."""
+    given = [isinstance(d, dict) and "score" in d for d in documents]
+    if not any(given):
+        return None
+    if not all(given):
+        missing = given.index(False)
+        raise _bad(f"documents[{missing}] has no 'score' while other documents have one: give the first stage's "
+                   f"score for every document or for none")
+    scores = []
+    for i, doc in enumerate(documents):
+        value = doc["score"]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise _bad(f"documents[{i}].score must be a number, got {_type_name(value)}")
+        scores.append(float(value))
+    return scores
+
+
+def request_scoring(body: dict) -> dict[str, Any]:
+    """A request's own scoring settings (extension fields score_mode, blend_weight, min_score), checked."""
+    from reasonrank.scoring import DEFAULT_BLEND_WEIGHT, check_scoring, scoring_fields
+
+    given = scoring_fields(body)
+    try:
+        check_scoring(given.get("score_mode", "rank"), given.get("blend_weight", DEFAULT_BLEND_WEIGHT), given.get("min_score"))
+    except ValueError as exc:
+        raise _bad(str(exc)) from None
+    return given
 
 
 def _document_text(i: int, doc: Any, rank_fields: list[str] | None) -> str:
@@ -163,11 +205,13 @@ def relevance_score(rank: int) -> float:
     return 1.0 / (rank + 1)
 
 
-def build_response(req: RerankInput, order: list[int], traces: list, request_id: str) -> dict:
-    """The Cohere-shaped answer. `order` lists document indices best first."""
+def build_response(req: RerankInput, ranked: list, traces: list, request_id: str) -> dict:
+    """The Cohere-shaped answer. `ranked` lists (document index, score) best first, as reasonrank.scoring gives
+    them (plain indices: scored by rank)."""
     results = []
-    for rank, index in enumerate(order[:req.top_n]):
-        item: dict[str, Any] = {"index": index, "relevance_score": relevance_score(rank)}
+    ranked = [(item, relevance_score(rank)) if isinstance(item, int) else tuple(item) for rank, item in enumerate(ranked)]
+    for index, score in ranked[:req.top_n]:
+        item: dict[str, Any] = {"index": index, "relevance_score": score}
         if req.return_documents:
             original = req.originals[index]
             item["document"] = dict(original) if isinstance(original, dict) else {"text": original}
@@ -180,7 +224,8 @@ def build_response(req: RerankInput, order: list[int], traces: list, request_id:
     meta: dict[str, Any] = {
         "api_version": api_version,
         # Cohere bills one search unit per query of up to 100 documents
-        "billed_units": {"search_units": max(1, math.ceil(len(req.texts) / 100))},
+        "billed_units": {"search_units": max(1, math.ceil(len(req.texts) / 100)), "input_tokens": prompt_tokens,
+                         "output_tokens": completion_tokens},
         "tokens": {"input_tokens": prompt_tokens, "output_tokens": completion_tokens},
     }
     warnings = []
