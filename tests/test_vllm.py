@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 from _data import SCIFACT, needs_data
-from conftest import VLLM_TEST_OPTIONS, start_vllm
+from conftest import VLLM_TEST_OPTIONS, vllm_subprocess_env
 from servers import free_port, stop_process, vllm_api_server, wait_for_server
 
 from reasonrank.backends.base import Prompt, SamplingParams
@@ -192,8 +192,9 @@ def test_tensor_parallel_arguments_reach_a_cuda_vllm(monkeypatch, tiny_qwen2_h12
 def test_cpu_arguments_bound_the_kv_cache_and_bind_threads(monkeypatch):
     from reasonrank.backends.vllm import CPU_KV_CACHE_GIB, cpu_arguments
 
-    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
-    monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND", raising=False)
+    for name in ("VLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_OMP_THREADS_BIND"):  # unset now, as before after the test
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     assert cpu_arguments({}, None, None) == {"kv_cache_memory_bytes": CPU_KV_CACHE_GIB << 30}
     assert cpu_arguments({}, 0.5, 1) == {"kv_cache_memory_bytes": 1 << 29}
     assert os.environ["VLLM_CPU_OMP_THREADS_BIND"] == str(min(os.sched_getaffinity(0)))
@@ -219,7 +220,7 @@ def rerank_cli(model, first_stage, output, journal, method):
             "--method", method, "--top-k", "6", "--window", "4", "--max-new-tokens", "64", "--max-passage-tokens", "30",
             *(["--step", "2"] if method == "sliding" else []), *backend_options()]
     return subprocess.Popen([sys.executable, "-m", "reasonrank.cli", "rerank", "-c", str(SCIFACT), *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=vllm_subprocess_env())
 
 
 @needs_data
@@ -315,7 +316,7 @@ def test_embedded_model_reranks_on_vllm_with_llama_cpp_token_counts(vllm_embedde
 def vllm_server(tiny_qwen2_h128, tmp_path_factory):
     """vLLM's OpenAI-compatible API server on the tiny model, once (~15-20 s to start)."""
     log = tmp_path_factory.mktemp("vllm-server") / "server.log"
-    with vllm_api_server(tiny_qwen2_h128, "tiny-vllm", VLLM_TEST_OPTIONS, log) as base_url:
+    with vllm_api_server(tiny_qwen2_h128, "tiny-vllm", VLLM_TEST_OPTIONS, log, env=vllm_subprocess_env()) as base_url:
         yield base_url
 
 
@@ -384,7 +385,7 @@ def rerank_service(tiny_qwen2_h128, tmp_path_factory):
                                  "--window", "4", "--step", "2", "--max-new-tokens", "16", "--max-passage-tokens", "32",
                                  "--max-batch", "8", "--batch-wait-ms", "300", "--served-model-name", "tiny-vllm",
                                  "--alias", "rerank-v3.5", "--auth-key-file", str(tmp / "keys"), "--log-level", "warning"],
-                                stdout=out, stderr=subprocess.STDOUT)
+                                stdout=out, stderr=subprocess.STDOUT, env=vllm_subprocess_env())
     base = f"http://127.0.0.1:{port}"
     try:
         wait_for_server(proc, base + "/health", 300, "reasonrank serve -b vllm", log=log)
@@ -407,7 +408,9 @@ def test_serve_on_vllm_answers_the_cohere_sdk_and_batches_concurrent_windows(rer
     resp = v2.rerank(model="tiny-vllm", query="river in Paris", documents=docs[:2], top_n=1)
     assert len(resp.results) == 1 and resp.meta.api_version.version == "2"
 
-    # three requests at once, one window each: their windows go to vLLM together, in fewer engine calls
+    # three requests at once, one window each: their prompts go to vLLM together, in fewer engine calls than
+    # there are requests (each request alone needs at least one call: more when a window cut at the token
+    # budget gets a follow-up call for its answer, as the tiny model's always are)
     before = metrics(rerank_service)
     results = [None] * 3
     queries = ["capital of France", "capital of Germany", "river in Paris"]
@@ -423,9 +426,9 @@ def test_serve_on_vllm_answers_the_cohere_sdk_and_batches_concurrent_windows(rer
         t.join(300)
     assert all(r is not None and r.status_code == 200 for r in results), [r and r.text for r in results]
     after = metrics(rerank_service)
-    windows = after["reasonrank_backend_batch_size_sum"] - before["reasonrank_backend_batch_size_sum"]
+    prompts = after["reasonrank_backend_batch_size_sum"] - before["reasonrank_backend_batch_size_sum"]
     calls = after["reasonrank_backend_batches_total"] - before["reasonrank_backend_batches_total"]
-    assert windows == 3 and calls < windows, (windows, calls)
+    assert prompts >= 3 and calls < 3, (prompts, calls)
 
 
 def metrics(base: str) -> dict[str, float]:
