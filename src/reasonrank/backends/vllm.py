@@ -31,7 +31,9 @@ as `{"prompt_token_ids": [...]}` (vLLM's TokensPrompt): vLLM adds no second BOS 
 exactly the rendered prompt. Prompts that do not fit `max_model_len` with the token budget come back
 as Generations with `error` (vLLM would otherwise reject the whole batch). Decoding is pinned as the
 other backends pin it: temperature 0 is greedy, repetition penalty 1.0, no top-k/min-p, whatever the
-model's generation_config.json asks. `completion_tokens` does not count the EOS token (as hf).
+model's generation_config.json asks. `completion_tokens` does not count the EOS token (as hf and
+llama.cpp); vLLM's API server counts it in `usage.completion_tokens`, so behind `-b openai` a window that
+ended on EOS shows one token more (same text, same prompt tokens; measured on the 0.5B: 11 vs 12).
 
 Log-probabilities (`capabilities.logprobs`): `next_token_logprobs(prompts, candidates, top_k)` is one
 generated token per prompt with `logprobs=top_k` and `logprob_token_ids` (the candidates' first
