@@ -154,7 +154,7 @@ def readme_blocks() -> list[Block]:
     return blocks
 
 
-PY_LIBRARIES = ("pyterrier", "langchain_classic", "llama_index", "mcp", "reasonrank")
+PY_LIBRARIES = ("pyterrier", "langchain_classic", "llama_index", "haystack", "mcp", "reasonrank")
 
 
 def python_kind(block: Block) -> str | None:
@@ -211,7 +211,7 @@ class Workspace:
         self.ports = {p: str(free_port()) for p in PORTS}
         self.env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
                     "REASONRANK_CACHE": str(session_cache()), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-                    "PYTHONUNBUFFERED": "1"}
+                    "PYTHONUNBUFFERED": "1", "HAYSTACK_TELEMETRY_ENABLED": "False"}  # Haystack reports usage otherwise
         self.env.pop("VIRTUAL_ENV", None)
 
     # what runs instead of the README's text
@@ -302,7 +302,12 @@ def check_output(command: Command, done: subprocess.CompletedProcess, cwd: Path)
     text = command.text
     if text.startswith("curl"):
         body = json.loads(done.stdout)
-        assert len(body["results"]) == 1 and body["results"][0]["relevance_score"] == 1.0, body
+        if "/rerank -H" in text and '"texts"' in text:  # TEI: a bare list, best first
+            assert [sorted(hit) for hit in body] == [["index", "score", "text"]] * 2 and body[0]["score"] == 1.0, body
+        elif "/score -H" in text:  # vLLM's ScoreResponse: one score per document, in document order
+            assert sorted(d["index"] for d in body["data"]) == [0, 1] and "usage" in body, body
+        else:
+            assert len(body["results"]) == 1 and body["results"][0]["relevance_score"] == 1.0, body
     elif text.startswith("reasonrank prompt"):
         assert done.stdout.rstrip().endswith("<|im_start|>assistant"), done.stdout[-500:]
     elif text.startswith("reasonrank doctor --json"):
@@ -381,7 +386,8 @@ exec(compile(open(path, encoding="utf-8").read(), name, "exec"), {"__name__": "_
 def _py_param(block: Block):
     kind = python_kind(block)
     marks = [pytest.mark.model, needs_data, pytest.mark.skipif(not qwen_gguf_path().exists(), reason="embedded model not assembled")]
-    extra = {"pyterrier": "pyterrier", "langchain_classic": "langchain_classic", "llama_index": "llama_index.core", "mcp": "mcp"}
+    extra = {"pyterrier": "pyterrier", "langchain_classic": "langchain_classic", "llama_index": "llama_index.core", "mcp": "mcp",
+             "haystack": "haystack"}
     return pytest.param(block, extra.get(kind), id=f"{block.id}-{kind}", marks=marks)
 
 
@@ -418,6 +424,9 @@ def test_python_example(block, module, workspace):
         assert "BM25 >> reasonrank" in out and "ndcg_cut_10" in out, where
     elif kind in ("langchain_classic", "llama_index"):
         assert len(lines) == 2 and lines[0].startswith("1.0 ") and lines[1].startswith("0.5 "), where
+    elif kind == "haystack":  # top 3 by the blended score, best first
+        scores = [float(line.split()[0]) for line in lines]
+        assert len(scores) == 3 and scores == sorted(scores, reverse=True), where
     elif kind == "reasonrank":
         assert len(lines) == 2 and sorted(ast.literal_eval(lines[0])) == ["d1", "d2"], where
         top = ast.literal_eval(lines[1])
