@@ -31,7 +31,7 @@ class SleepyListwiseBackend(DoubleBackend):
         out = []
         for p in prompts:
             time.sleep(self.delay)
-            user = p.messages[-1]["content"]
+            user = next(m["content"] for m in p.messages if m["role"] == "user")  # a forced answer ends on the assistant's
             n = int(re.search(r"I will provide you with (\d+) passages", user).group(1))
             if "query one" in user:
                 text = "<think>never closed"
@@ -82,7 +82,9 @@ QRELS = {"q1": {"a": 1}, "q2": {"y": 1}, "q3": {"x": 1}}  # q3 is judged but not
 
 
 def test_compare_table_columns_metrics_and_ratio():
-    listwise = ListwiseReranker(SleepyListwiseBackend(0.05), PromptRenderer(None, mode="reasonrank"), top_k=20, window=20, step=10)
+    # keep: q1's cut window stays a parse failure (force would add a forced answer's call; test_reasoning_budget.py)
+    listwise = ListwiseReranker(SleepyListwiseBackend(0.05), PromptRenderer(None, mode="reasonrank"), top_k=20, window=20, step=10,
+                                on_truncation="keep")
     table = compare({"bm25": FirstStage(), "listwise": listwise, "slow": SlowReverse(0.1), "ties": EqualScores()},
                     requests(), QRELS)
     assert table.reference == "listwise"  # found: the ListwiseReranker with a reasoning (tagged) prompt

@@ -306,3 +306,27 @@ def test_a_tdpart_report_shows_each_windows_role_and_doc_ids(open_report, tmp_pa
     page.page.click("header a")
     page.page.wait_for_selector("#overview", state="visible")
     assert "top-down partitioning" in page.page.inner_text("#overview p.lead")
+
+
+def test_a_forced_window_shows_its_status_and_forced_answer(open_report, tmp_path, shots, capsys, qwen_tokenizer):
+    """A window cut in its reasoning and answered by a forced continuation (issue 21): its badge says forced, and
+    the forced answer is shown below the raw answer with its tokens. The run: test_reasoning_budget's test double."""
+    from test_reasoning_budget import Truncating, _build, _requests
+
+    journal = tmp_path / "traces.jsonl"
+    reranker = _build(Truncating(), qwen_tokenizer, reasoning_budget=8, answer_budget=20, journal=str(journal))
+    (result,) = reranker.rerank_batch(_requests(1))
+    reranker.close()
+    path = tmp_path / "forced.html"
+    proc = report_cli("--traces", str(journal), "-o", str(path))
+    assert proc.returncode == 0, proc.stderr
+    page = open_report(f"#q={result.query.qid}", path=path)
+    window = page.page.locator("#w0")
+    assert window.locator(".head .badge").text_content() == "forced"
+    forced = window.locator(".forced-answer")
+    assert "Forced answer" in forced.text_content() and "[2] > [3] > [1]" in forced.text_content()
+    assert "130 prompt + 9 generated tokens" in forced.text_content()
+    page.shot(shots, "forced", capsys)
+    page.page.click("header a")
+    page.page.wait_for_selector("#overview", state="visible")
+    assert "forced" in page.page.inner_text("#ov-status")

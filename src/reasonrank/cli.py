@@ -134,7 +134,10 @@ def _print_summary(stats: dict) -> None:
         f"windows {stats['windows']} ({stats['resumed_windows']} resumed from the trace journal, {stats['retried_windows']} "
         f"failed before and retried); parse status: {status}\n"
         f"seconds/query {stats['seconds_per_query']:.1f}; prompt tokens/query {stats['prompt_tokens_per_query']:.0f}; "
-        f"generated tokens/query {stats['completion_tokens_per_query']:.0f}; framework overhead {stats['overhead_share']:.1%} of wall time",
+        f"generated tokens/query {stats['completion_tokens_per_query']:.0f}; framework overhead {stats['overhead_share']:.1%} of wall time"
+        + (f"\non truncation: {stats['on_truncation']}; forced answers {stats['forced_calls']} ({stats['forced_windows']} gave an order; "
+           f"{stats['forced_completion_tokens']} generated tokens, {stats['forced_seconds']:.1f} s, included above)"
+           if stats.get("forced_calls") else f"\non truncation: {stats['on_truncation']}" if "on_truncation" in stats else ""),
         highlight=False, soft_wrap=True,  # one line per fact, whatever the terminal's width: scripts grep them
     )
 

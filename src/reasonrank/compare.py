@@ -47,7 +47,7 @@ from reasonrank.spec import RerankerSpec, spec_options
 from reasonrank.types import Request, Result
 
 DEFAULT_MEASURES = ("nDCG@10", "Recall@10")
-LISTWISE_FAILURES = ("no_answer", "truncated", "backend_error")
+LISTWISE_FAILURES = ("no_answer", "truncated", "paper_fallback", "backend_error")
 RERANKER_NAMES = ("bm25", "biencoder", "rankgpt", "listwise", "pointwise")
 
 
@@ -334,7 +334,8 @@ def _plot(table, output: Path) -> str:
 # the spec fields compare sets itself, per reranker (the engine's fields stay options: model, backend, adapter, ...);
 # it evaluates each method's listwise order, so the scoring settings (score_mode, ...) are not its options either
 NOT_COMPARE_OPTIONS = ("method", "mode", "top_k", "window", "step", "passes", "pivot", "max_new_tokens", "journal",
-                       "journal_policy", "progress", "score_mode", "blend_weight", "min_score")
+                       "journal_policy", "progress", "score_mode", "blend_weight", "min_score",
+                       "reasoning_budget", "answer_budget", "effort")  # its per-reranker budgets (--listwise-max-new-tokens, ...)
 
 
 def default_collection() -> str:

@@ -227,3 +227,111 @@ def _unique(values: list) -> list:
 def format_permutation(perm: list[int]) -> str:
     """0-based permutation → `[i] > [j] > …` (1-based), the answer format of the training data."""
     return " > ".join(f"[{p + 1}]" for p in perm)
+
+
+# -- what a run does with a reply cut by its budget (the spec's on_truncation) ------------------------------
+
+FORCED = "forced"  # cut in its reasoning, then answered by a forced continuation (force)
+PAPER_FALLBACK = "paper_fallback"  # no answer: the numbers of the whole reply, as ReasonRank's code reads it (paper)
+MODEL_ORDER = ("ok", "repaired", FORCED)  # statuses whose order the model made as an answer
+FORCE_OPEN = "</think>\n<answer>"  # what a forced continuation appends to the cut reasoning
+
+# a sentence ends at . ! ? (or their CJK forms) followed by a space, a closing quote or bracket, or the
+# end; or at a line break
+_PARTIAL_TAG = re.compile(r"<[/a-zA-Z]{0,7}$")
+_SENTENCE_END = re.compile(r"[.!?\u3002\uff01\uff1f](?=[\s\"'\u201d\u2019)\]]|$)|\n")
+
+
+def cut_reasoning(text: str) -> str:
+    """The reasoning of a reply the budget cut, ending at its last complete sentence.
+
+    The reply's text before its first `</think>` (all of it when there is none), cut after the last
+    sentence end (`.`, `!`, `?` before a space, a quote, a bracket or the end; or a line break), so the
+    forced answer does not continue a half-written thought. A reply with no sentence end at all is
+    kept whole: there is nothing complete to cut back to."""
+    close = _THINK_CLOSE.search(text)
+    head = text[:close.start()] if close else text
+    head = _PARTIAL_TAG.sub("", head)  # "... </" cut inside a tag: not the reasoning's
+    end = None
+    for end in _SENTENCE_END.finditer(head):
+        pass
+    return head[:end.end()] if end is not None else head
+
+
+def forced_prefix(text: str) -> str:
+    """What follows the prompt in a forced continuation: the cut reasoning, then `</think>\\n<answer>`."""
+    return cut_reasoning(text) + FORCE_OPEN
+
+
+_OPENED_ID = re.compile(r"\[\s*[0-9]")
+
+
+def parse_forced(answer: str, n: int, finish_reason: str = "") -> ParseResult:
+    """The ranking of a forced answer (the model's text after `<answer>`): read as the answer of a tagged
+    reply, so bracketed ids, first mention, out-of-range and duplicate ids dropped, missing ids appended.
+    Status OK or REPAIRED when it holds an id of the window, else NO_ANSWER/TRUNCATED (window order).
+
+    Stricter than a reply's answer in one way: it must hold a bracketed id (`[3]`, or `[3` cut by the
+    answer budget). A short forced answer in prose ("IRG1 has") would otherwise have its stray digits
+    read as a ranking through the bare-number repair."""
+    parsed = parse_ranking("<answer>" + (answer or ""), n, finish_reason, require_tags=True)
+    if parsed.status in (ParseStatus.OK, ParseStatus.REPAIRED) and not _OPENED_ID.search(_ascii_digits(parsed.answer)[0]):
+        return _identity(n, ParseStatus.NO_ANSWER, "", parsed.answer, "forced answer without a bracketed passage id; window order kept")
+    return parsed
+
+
+def _upstream_answer(lowered: str) -> str | None:
+    """Group 1 of `re.search(r'<think>.*?</think>\\s*<answer>(.*?)</answer>', lowered, re.DOTALL)`, case-
+    sensitive as upstream matches it (on `response.lower()`), without the regex's backtracking on replies
+    that repeat the tags (see `_full_match`: only the first <think> can start a match; the lazy groups end
+    at the first qualifying </think> and the first </answer> after it)."""
+    think = lowered.find("<think>")
+    if think < 0:
+        return None
+    pos = think + len("<think>")
+    while True:
+        close = lowered.find("</think>", pos)
+        if close < 0:
+            return None
+        j = close + len("</think>")
+        while j < len(lowered) and lowered[j].isspace():  # `\s` of a str pattern is str.isspace
+            j += 1
+        if lowered.startswith("<answer>", j):
+            end = lowered.find("</answer>", j + len("<answer>"))
+            return None if end < 0 else lowered[j + len("<answer>"):end]
+        pos = close + 1
+
+
+def paper_permutation(text: str, n: int, reasoning_prompt: bool = True) -> list[int]:
+    """The window order ReasonRank's own code reads out of a reply, exactly.
+
+    8421BCD/ReasonRank, rerank/rankllm.py: `RankLLM.receive_permutation` calls `_clean_response` then
+    `_remove_duplicate`:
+      1. reasoning prompt modes (rank_GPT_reasoning, rank_GPT_qwen3; here `reasoning_prompt`, the
+         templates with `require_tags`): `re.search(r'<think>.*?</think>\\s*<answer>(.*?)</answer>',
+         response.lower(), re.DOTALL)` (`listwise_prompt_r1.toml`'s pattern); a match keeps group 1,
+         stripped; else, if `'<answer>' in response` (case-sensitive, on the reply as written), the text
+         after its last `<answer>`; else the whole reply, reasoning included ('the reasoning length is too
+         long'). Other modes (rank_GPT): always the whole reply.
+      2. every character that is not `str.isdigit()` becomes a space; the rest is split on whitespace and
+         each piece read with `int(x) - 1`; if one piece does not parse (a digit `isdigit` accepts but
+         `int` does not, such as `²` or `①`) the window keeps its order ('unexcepted output!').
+      3. duplicates dropped (first mention kept), positions outside the window dropped (0 and n+1...),
+         the window's missing positions appended in input order.
+    So a reply cut in its reasoning is ranked by the order in which its reasoning first mentions the
+    passages' numbers, any number (a year, a count) that happens to fall in 1..n included."""
+    response = text or ""
+    if reasoning_prompt:
+        answer = _upstream_answer(response.lower())
+        if answer is not None:
+            response = answer.strip()
+        elif "<answer>" in response:
+            response = response.split("<answer>")[-1]
+    cleaned = "".join(c if c.isdigit() else " " for c in response).strip()
+    try:
+        ids = [int(x) - 1 for x in cleaned.split()]
+    except ValueError:  # upstream prints 'unexcepted output!' and returns the window unchanged
+        return list(range(n))
+    order = [p for p in dict.fromkeys(ids) if 0 <= p < n]
+    seen = set(order)
+    return order + [p for p in range(n) if p not in seen]

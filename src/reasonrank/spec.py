@@ -34,7 +34,18 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "tdpart": {"window": 20, "pivot": None, "max_new_tokens": REASONING_BUDGET + ANSWER_BUDGET},
     "pointwise": {"max_new_tokens": 256},
 }
-METHOD_FIELDS = ("window", "step", "passes", "pivot")  # the fields only some methods take
+METHOD_FIELDS = ("window", "step", "passes", "pivot", "answer_budget", "effort", "on_truncation", "thinking")  # the fields only some methods take
+for _listwise in ("sliding", "tdpart"):  # the reasoning-budget settings of the listwise methods (see RerankerSpec)
+    METHOD_DEFAULTS[_listwise].update({"answer_budget": ANSWER_BUDGET, "effort": None, "on_truncation": "force", "thinking": None})
+BUDGET_FIELDS = ("reasoning_budget", "answer_budget", "effort", "max_new_tokens")  # resolved together (`budgets`)
+ON_TRUNCATION = ("force", "keep", "paper")
+# --effort presets: reasoning budgets (tokens); the first call of a window may generate the budget + the
+# answer budget (100). Measured on the embedded 0.5B (benchmarks/results/reasoning_budget.md: SciFact top-10,
+# windows of 10, the think block opened, 1 llama.cpp thread on a shared 2-core CPU): low, medium and high cost
+# the same there, 105 generated tokens and 2.5 s a window (plus the prompt's ~8 s), because that model stops
+# by itself after 50-150 tokens; none of its windows was cut. On a reasoning model the budget is the cap on each window's
+# reasoning: at most 356, 1,124 and 3,172 generated tokens a window, so high costs up to 9x low.
+EFFORT_BUDGETS = {"low": 256, "medium": 1024, "high": REASONING_BUDGET}
 DEFAULT_PASSAGE_TOKENS = 512  # where no collection says otherwise (prompts.default_max_passage_tokens)
 
 
@@ -55,6 +66,26 @@ class RerankerSpec:
     passes: Optional[int] = None  # sweeps (sliding: 1)
     pivot: Optional[int] = None  # the rank tdpart settles (its k: min(10, window // 2))
     max_new_tokens: Optional[int] = None  # generation budget per call (listwise: 3072 + 100; pointwise: 256 of reasoning, 0: none)
+    # Reasoning on a budget (listwise). A window's call may generate reasoning_budget + answer_budget tokens
+    # (`max_new_tokens` is their sum and stays as an alias, see `budgets`). `effort` low/medium/high sets
+    # reasoning_budget to 256/1024/3072. `thinking=False` turns reasoning off where the chat template has a
+    # switch (Qwen3's enable_thinking); None: the template's default.
+    # on_truncation, what a window whose reasoning the budget cut does:
+    #   force (default): continue the same sequence with the reasoning cut at its last complete sentence,
+    #     then "</think>\n<answer>", for at most answer_budget tokens; status `forced`, a model-made order.
+    #     The default because the alternatives throw the window's work away or read noise, and forcing is
+    #     cheap: it runs only on cut windows, costs at most answer_budget generated tokens, and reuses the
+    #     prompt's KV cache where the engine keeps one (llama.cpp, vLLM's prefix cache). Measured on the
+    #     embedded model in benchmarks/results/reasoning_budget.md.
+    #   keep: the window keeps its input order (status `truncated`), reasonrank's behaviour before.
+    #   paper: every reply is read as ReasonRank's code reads it (parsing.paper_permutation); a cut reply is
+    #     ranked by the numbers its reasoning mentions, first mention first (status `paper_fallback`). The
+    #     setting that reproduces the paper's tables.
+    reasoning_budget: Optional[int] = None  # reasoning tokens per window (listwise: 3072); pointwise: its think budget (256)
+    answer_budget: Optional[int] = None  # answer tokens per window, and the forced answer's budget (listwise: 100)
+    effort: Optional[str] = None  # low, medium or high: a reasoning_budget preset (EFFORT_BUDGETS)
+    on_truncation: Optional[str] = None  # force, keep or paper (listwise; default force)
+    thinking: Optional[bool] = None  # False: reasoning off through the chat template's switch; None: the template's default
     max_passage_tokens: Optional[int] = None  # passage cut in model tokens; None: the collection's rule, else 512; 0: whole
     journal: Optional[str] = None  # JSONL window journal; an existing one is resumed
     journal_policy: str = "resume"  # resume; fresh (start the file anew); reuse (accept another engine's answers)
@@ -78,6 +109,7 @@ class RerankerSpec:
             if getattr(self, name) is not None and name not in taken:
                 users = [m for m, d in METHOD_DEFAULTS.items() if name in d]
                 raise ConfigError(f"{name} is a setting of the {' and '.join(users)} method(s), not of {self.method}")
+        _check_budget_fields(self)
         for name in ("top_k", "window", "step", "passes", "pivot", "max_new_tokens"):
             value = getattr(self, name)
             least = 0 if (name, self.method) == ("max_new_tokens", "pointwise") else 1  # pointwise 0: judge at once
@@ -108,7 +140,18 @@ class RerankerSpec:
 
     def replace(self, **changes) -> "RerankerSpec":
         """This spec with some fields changed (validated again). Changing the method drops the fields
-        of the old method that the new one does not take."""
+        of the old method that the new one does not take. Changing a budget drops the budgets derived
+        from the old one: a new max_new_tokens drops reasoning_budget, answer_budget and effort (unless
+        given too), a new reasoning_budget, answer_budget or effort drops max_new_tokens, and
+        reasoning_budget and effort drop each other; so `spec.replace(reasoning_budget=8)` works on a
+        resolved spec, and the rest is filled again by `resolved()`."""
+        if set(BUDGET_FIELDS) & set(changes):
+            drop = {"reasoning_budget", "answer_budget", "effort"} if "max_new_tokens" in changes else {"max_new_tokens"}
+            if "reasoning_budget" in changes:
+                drop.add("effort")
+            if "effort" in changes:
+                drop.add("reasoning_budget")
+            changes = {**{n: None for n in drop if n not in changes}, **changes}
         if "method" in changes and changes["method"] != self.method:
             keep = METHOD_DEFAULTS[changes["method"]]
             changes = {**{n: None for n in METHOD_FIELDS if n not in keep and n not in changes}, **changes}
@@ -121,7 +164,10 @@ class RerankerSpec:
         """Every `None` filled: the method's defaults, and the passage cut of `collection` (by name) or 512."""
         from reasonrank.prompts import default_max_passage_tokens
 
-        fill = {k: v for k, v in METHOD_DEFAULTS[self.method].items() if getattr(self, k) is None}
+        fill = {k: v for k, v in METHOD_DEFAULTS[self.method].items() if getattr(self, k) is None and k not in BUDGET_FIELDS}
+        reasoning, answer, total = budgets(self)
+        fill.update({k: v for k, v in (("reasoning_budget", reasoning), ("answer_budget", answer), ("max_new_tokens", total))
+                     if v is not None and getattr(self, k) is None})
         window = self.window or METHOD_DEFAULTS[self.method].get("window")
         if self.method == "sliding" and self.step is None:
             fill["step"] = _half(window)
@@ -157,6 +203,69 @@ class RerankerSpec:
 SPEC_FIELDS = tuple(f.name for f in dataclasses.fields(RerankerSpec))
 
 
+def _check_budget_fields(spec: RerankerSpec) -> None:
+    for name, least in (("reasoning_budget", 0), ("answer_budget", 1)):
+        value = getattr(spec, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+            raise ConfigError(f"{name} must be an integer >= {least}, got {value!r}")
+    if spec.effort is not None and spec.effort not in EFFORT_BUDGETS:
+        raise ConfigError(f"effort must be one of {', '.join(EFFORT_BUDGETS)}, got {spec.effort!r}")
+    if spec.on_truncation is not None and spec.on_truncation not in ON_TRUNCATION:
+        raise ConfigError(f"on_truncation must be one of {', '.join(ON_TRUNCATION)}, got {spec.on_truncation!r}")
+    if spec.thinking is not None and not isinstance(spec.thinking, bool):
+        raise ConfigError(f"thinking must be true or false, got {spec.thinking!r}")
+    budgets(spec)  # contradictory combinations
+
+
+def budgets(spec: RerankerSpec) -> tuple[int | None, int | None, int]:
+    """(reasoning_budget, answer_budget, max_new_tokens) of a spec, its budgets resolved; ConfigError when
+    they contradict each other.
+
+    Listwise (sliding, tdpart), R = reasoning, A = answer, M = max_new_tokens, the first call's budget:
+    * M = R + A always: a window's call may generate M tokens; when it stops for length before an answer,
+      on_truncation decides, and a forced answer may generate A more.
+    * `effort` sets R (low 256, medium 1024, high 3072); with reasoning_budget too, they must agree.
+    * neither M nor R/A given: R = 3072, A = 100 (the paper's budgets), M = 3172.
+    * R and/or A given, no M: the missing one at its default (R 3072, A 100), M = R + A.
+    * M alone (--max-new-tokens, the alias): A = min(100, M), R = M - A (so --max-new-tokens 16 is R 0,
+      A 16: no room to reason, and a forced answer gets 16 tokens).
+    * M with R or A: the other is M minus it (A >= 1, R >= 0); M with both: M must equal R + A.
+    Pointwise: reasoning_budget is its think budget, M its alias (the same number: default 256); A None."""
+    reasoning, answer, total = spec.reasoning_budget, spec.answer_budget, spec.max_new_tokens
+    if spec.effort is not None:
+        preset = EFFORT_BUDGETS.get(spec.effort)
+        if reasoning is not None and reasoning != preset:
+            raise ConfigError(f"effort {spec.effort} is a reasoning budget of {preset} tokens, which contradicts "
+                              f"reasoning_budget {reasoning}: give one of them")
+        reasoning = preset
+    if spec.method == "pointwise":
+        if reasoning is not None and total is not None and reasoning != total:
+            raise ConfigError(f"pointwise: reasoning_budget {reasoning} and max_new_tokens {total} are the same "
+                              "setting (the think budget): give one of them")
+        value = reasoning if reasoning is not None else total if total is not None else METHOD_DEFAULTS["pointwise"]["max_new_tokens"]
+        return value, None, value
+    if total is None:
+        reasoning = REASONING_BUDGET if reasoning is None else reasoning
+        answer = ANSWER_BUDGET if answer is None else answer
+        return reasoning, answer, reasoning + answer
+    if reasoning is None and answer is None:
+        answer = min(ANSWER_BUDGET, total)
+        return total - answer, answer, total
+    if reasoning is None:
+        if answer > total:
+            raise ConfigError(f"answer_budget {answer} is over max_new_tokens {total} (= reasoning_budget + answer_budget)")
+        return total - answer, answer, total
+    if answer is None:
+        if reasoning >= total:
+            raise ConfigError(f"reasoning_budget {reasoning} leaves no answer budget in max_new_tokens {total} "
+                              "(= reasoning_budget + answer_budget)")
+        return reasoning, total - reasoning, total
+    if reasoning + answer != total:
+        raise ConfigError(f"max_new_tokens {total} contradicts reasoning_budget {reasoning} + answer_budget {answer} "
+                          f"= {reasoning + answer}: max_new_tokens is their sum; give the budgets or the sum")
+    return reasoning, answer, total
+
+
 def _half(window: int) -> int:
     return max(1, window // 2)
 
@@ -184,13 +293,26 @@ def build(spec: RerankerSpec, *, backend=None, renderer=None, collection: str | 
     from reasonrank.journal import Journal
     from reasonrank.rerankers import METHODS
 
+    renderer = with_thinking(renderer, spec.thinking)
     params = SamplingParams(max_new_tokens=spec.max_new_tokens)
-    journal = Journal(spec.journal, engine=engine_identity(backend, renderer, params), policy=spec.journal_policy)
+    journal = Journal(spec.journal, engine=engine_identity(backend, renderer, params, spec.on_truncation, spec.answer_budget),
+                      policy=spec.journal_policy)
     method_options = {"tdpart": {"k": spec.pivot}, "sliding": {"step": spec.step, "passes": spec.passes}}[spec.method]
     reranker = METHODS[spec.method](backend, renderer, top_k=spec.top_k, window=spec.window, params=params, journal=journal,
-                                    progress=spec.progress, **method_options)
+                                    progress=spec.progress, on_truncation=spec.on_truncation, answer_budget=spec.answer_budget,
+                                    **method_options)
     reranker.spec = spec
     return reranker
+
+
+def rebuild(reranker, **changes):
+    """The reranker of `reranker.spec.replace(**changes)` on the same engine and prompt renderer (a face's
+    per-call settings: a request's reasoning budget, say); `reranker` itself when nothing changes. Fields
+    given as None are left as they are. Do not close what it returns: the engine is `reranker`'s."""
+    changes = {k: v for k, v in changes.items() if v is not None}
+    if not changes:
+        return reranker
+    return build(reranker.spec.replace(**changes), backend=reranker.backend, renderer=reranker.renderer)
 
 
 def load_backend(spec: RerankerSpec):
@@ -273,19 +395,47 @@ def _pointwise(spec: RerankerSpec, backend):
 
     template = spec.mode or ("rank1" if "rank1" in str(spec.model or "").lower() else "rank1-chat")
     prompter = PointwisePrompter(load_tokenizer_for(spec, backend), template, spec.max_passage_tokens or None)
-    reranker = PointwiseReranker(backend, prompter, top_k=spec.top_k, think_tokens=spec.max_new_tokens, progress=spec.progress)
+    reranker = PointwiseReranker(backend, prompter, top_k=spec.top_k, think_tokens=spec.reasoning_budget, progress=spec.progress)
     reranker.spec = spec
     return reranker
 
 
-def engine_identity(backend, renderer, params) -> dict[str, Any]:
+def engine_identity(backend, renderer, params, on_truncation: str | None = "keep", answer_budget: int | None = None) -> dict[str, Any]:
     """What decides a window's answer besides its prompt: the engine (backend, model identity, adapter,
     dtype or quantisation) and the settings. The journal keys windows by it and refuses a file written
-    under another one."""
+    under another one. What a cut window does (on_truncation, and a forced answer's budget) and the chat
+    template's switches are named only when they are not what a journal written before them meant (keep,
+    no switches), so such a journal still resumes under `keep`."""
     from reasonrank.rerankers.listwise import _prompt_format
 
-    return {**backend.fingerprint(), "prompt_mode": renderer.mode, "prompt_format": _prompt_format(backend, renderer),
-            "max_new_tokens": params.max_new_tokens, "temperature": params.temperature, "seed": params.seed}
+    identity = {**backend.fingerprint(), "prompt_mode": renderer.mode, "prompt_format": _prompt_format(backend, renderer),
+                "max_new_tokens": params.max_new_tokens, "temperature": params.temperature, "seed": params.seed}
+    if on_truncation not in (None, "keep"):
+        identity["on_truncation"] = on_truncation
+        if on_truncation == "force":
+            identity["answer_budget"] = answer_budget
+    if renderer.template.chat_template_kwargs:
+        identity["chat_template_kwargs"] = dict(renderer.template.chat_template_kwargs)
+    return identity
+
+
+def with_thinking(renderer, thinking: bool | None):
+    """The renderer with reasoning switched on or off through the chat template's switch (Qwen3's
+    `enable_thinking`); `renderer` itself for None. A template without the switch cannot turn reasoning
+    off: ConfigError rather than a silent reasoning run (or, for servers whose template is not known
+    here, a warning that the server's template decides)."""
+    switch = renderer.thinking_switch
+    if thinking is None or (thinking and switch is False):  # nothing to switch: the template's default
+        return renderer
+    if switch is False and not thinking:
+        raise ConfigError(f"thinking=False: the chat template of this model has no thinking switch (enable_thinking); "
+                          f"reasoning cannot be turned off for it (the {renderer.mode} prompt asks for reasoning)")
+    if switch is None and not thinking:
+        import logging
+
+        logging.getLogger(__name__).warning("thinking=False: the server's chat template is not known here; enable_thinking=false "
+                                            "is sent with each request and only a template with that switch honours it")
+    return renderer.with_template_kwargs(enable_thinking=bool(thinking))
 
 
 # -- the command-line face -------------------------------------------------------------------------------
@@ -310,7 +460,12 @@ def _options() -> list[_Option]:
         _Option("step", Optional[int], None, ("--step",), "Sliding window step (default: half the window, 10)."),
         _Option("passes", Optional[int], None, ("--passes",), "Sliding-window sweeps (default 1)."),
         _Option("pivot", Optional[int], None, ("--pivot",), "tdpart: the rank it settles (default min(10, window/2))."),
-        _Option("max_new_tokens", Optional[int], None, ("--max-new-tokens",), "Generation budget per window (default: the paper's 3072 reasoning + 100 answer; pointwise 256)."),
+        _Option("max_new_tokens", Optional[int], None, ("--max-new-tokens",), "Generation budget per window: an alias for --reasoning-budget + --answer-budget (default 3072 + 100; alone, the answer budget is min(100, it)); pointwise: the think budget (256)."),
+        _Option("reasoning_budget", Optional[int], None, ("--reasoning-budget",), "Reasoning tokens per window (default: the paper's 3072; pointwise: its think budget, 256)."),
+        _Option("answer_budget", Optional[int], None, ("--answer-budget",), "Answer tokens per window, and a forced answer's budget (default: the paper's 100)."),
+        _Option("effort", Optional[str], None, ("--effort",), "Reasoning budget preset: low (256), medium (1024) or high (3072, the paper's)."),
+        _Option("on_truncation", Optional[str], None, ("--on-truncation",), "A window whose reasoning the budget cut: force (default: cut the reasoning at its last sentence and force an answer), keep (keep the window's order) or paper (ReasonRank's own reading: the numbers of the whole reply; reproduces the paper)."),
+        _Option("thinking", Optional[bool], None, ("--thinking/--no-thinking",), "Reasoning on or off through the chat template's switch (Qwen3's enable_thinking; default: the template's)."),
         _Option("max_passage_tokens", Optional[int], None, ("--max-passage-tokens",), "Passage cut in model tokens (default: 512 BRIGHT/R2MED and unknown, 100 other collections; 0: whole)."),
         _Option("mode", Optional[str], None, ("--mode",), "Prompt mode: reasonrank, rankgpt or qwen3; pointwise: rank1 or rank1-chat (default: the model's)."),
         _Option("tokenizer", Optional[str], None, ("--tokenizer",), "Tokenizer path or hub id (default: the model's); over HTTP it makes the prompt exact."),
@@ -395,5 +550,5 @@ def spec_options(*, exclude: tuple[str, ...] = (), defaults: Mapping[str, Any] |
     return decorate
 
 
-__all__ = ["JOURNAL_POLICIES", "METHOD_DEFAULTS", "RerankerSpec", "SPEC_FIELDS", "build", "engine_identity", "load_backend",
+__all__ = ["EFFORT_BUDGETS", "JOURNAL_POLICIES", "METHOD_DEFAULTS", "ON_TRUNCATION", "RerankerSpec", "budgets", "SPEC_FIELDS", "build", "engine_identity", "load_backend",
            "load_renderer", "parse_backend_options", "spec_from_cli", "spec_options"]

@@ -87,6 +87,16 @@ class WindowTrace:
     docids: list[str] = field(default_factory=list)  # window docids in input order
     method: str = "sliding"
     role: str = ""
+    # on_truncation=force, a window cut in its reasoning: the second part of the same sequence. The prompt
+    # of the forced call is `prompt` + `forced_prefix` (the first part's reasoning cut at its last complete
+    # sentence, then "</think>\n<answer>"); `forced_answer` is what the model wrote after it. Empty, with
+    # zero tokens, for every other window (and in journals written before these fields).
+    forced_prefix: str = ""
+    forced_answer: str = ""
+    forced_prompt_tokens: int = 0
+    forced_completion_tokens: int = 0
+    forced_seconds: float = 0.0
+    forced_error: str = ""  # why a cut window got no forced answer (the engine cannot continue chat messages, ...)
 
     @property
     def output_docids(self) -> list[str]:
@@ -158,3 +168,6 @@ class Prompt:
 
     messages: list[dict[str, str]]
     text: str | None = None
+    # for a server that applies its own chat template to `messages` (the template's switches, e.g.
+    # {"enable_thinking": False}); `text` was rendered with them already
+    chat_template_kwargs: dict[str, Any] = field(default_factory=dict)

@@ -60,6 +60,15 @@ on; `stats["dropped_fields"]` says which were dropped where, for the run summary
 
 API key: `api_key`, else `api_key_file`, else $OPENAI_API_KEY, else $OPENAI_API_KEY_FILE; no key
 sends no Authorization header (local servers). The key is never logged, printed or put in errors.
+
+Continuations (a forced answer, reasonrank.rerankers.listwise.continuation). In text mode a continuation
+is just a longer rendered prompt. In chat mode it is the messages with a final assistant message to be
+continued, not answered: a vLLM or SGLang server is told `continue_final_message: true,
+add_generation_prompt: false` (the template renders the assistant turn open, and the model writes on);
+llama.cpp-family servers and unknown ones have no such field (llama-cpp-python would close the message
+and open a new turn), so such a prompt is not sent: it comes back with `error` saying so.
+`Prompt.chat_template_kwargs` (a thinking switch) goes out as `chat_template_kwargs`, the field vLLM,
+SGLang and llama.cpp's server read.
 """
 
 from __future__ import annotations
@@ -118,6 +127,12 @@ _TOKENIZE_AS_COMPLETIONS = {
     "llama-cpp-python": ("/extras/tokenize", lambda text: {"input": text}),
 }
 _BOS_HEAD_CHARS = 128  # a template's BOS text (`<s>`, `<|begin_of_text|>`, ...) is far shorter
+_CONTINUES_MESSAGES = ("vllm",)  # servers that continue a final assistant message (vLLM, SGLang: continue_final_message)
+
+
+def continues_assistant(prompt: Prompt) -> bool:
+    """A chat prompt whose final message is the assistant's own, to be continued (a forced answer)."""
+    return bool(prompt.messages) and prompt.messages[-1].get("role") == "assistant"
 
 
 def pinned_fields(kind: str, raw_prompt: bool) -> dict[str, Any]:
@@ -402,6 +417,10 @@ class OpenAIBackend:
             path, body["prompt"] = "/completions", prompt.text if text is None else text
         else:
             path, body["messages"] = "/chat/completions", prompt.messages
+            if prompt.chat_template_kwargs:
+                body["chat_template_kwargs"] = dict(prompt.chat_template_kwargs)
+            if continues_assistant(prompt):
+                body.update(continue_final_message=True, add_generation_prompt=False)
         if url is None or url not in self.stats["dropped_fields"]:
             body.update(pinned_fields(self._kinds.get(url, "unknown"), raw))
         body.update(self.extra_body)
@@ -512,6 +531,11 @@ class OpenAIBackend:
                 timeout = self._httpx.Timeout(self.request_timeout(params.max_new_tokens), connect=self.connect_timeout_s)
                 try:
                     await self._learn_kind(client, url, headers)
+                    chat = not (self.use_completions and prompt.text is not None)
+                    if chat and continues_assistant(prompt) and self._kinds.get(url) not in _CONTINUES_MESSAGES:
+                        path = "/chat/completions"
+                        raise _FatalError(f"a {self._kinds.get(url)} server cannot continue a final assistant message in "
+                                          "chat mode (no continue_final_message); send rendered prompts (a tokenizer) instead")
                     text = None
                     if self.use_completions and prompt.text is not None:
                         text = await self._one_bos(client, url, headers, prompt.text)

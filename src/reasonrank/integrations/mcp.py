@@ -14,6 +14,8 @@ Tools:
 * `rerank(query, documents, top_n, scores)`: the documents' indices best first with a relevance score (as every
   face scores, reasonrank.scoring: 1 / (rank + 1), or --score-mode blend with the optional first-stage `scores`)
   and the text;
+* the rerank tool's reasoning_budget, answer_budget, effort, thinking and on_truncation set those spec fields for
+  one call (the reranker is rebuilt on the same engine, `reasonrank.spec.rebuild`);
 * `evaluate(run, qrels, measures)`: IR measures of a run, as `reasonrank evaluate` computes them. Run and
   qrels come inline, as JSON objects or as the text of a file (TREC run; TREC, BEIR TSV or R2MED qrels),
   never as paths: a server reachable over HTTP must not read its own files for a caller.
@@ -108,6 +110,7 @@ def _add_rerank_tool(server, reranker: Callable[[], object], top_k: int | None) 
     from pydantic import BaseModel, Field
 
     from reasonrank.integrations._common import rerank_texts
+    from reasonrank.spec import rebuild
 
     class Hit(BaseModel):
         index: int = Field(description="Position of the document in the documents sent.")
@@ -124,6 +127,17 @@ def _add_rerank_tool(server, reranker: Callable[[], object], top_k: int | None) 
         documents: Annotated[List[str], Field(description="Passage texts, none blank, in first-stage order (best first); "
                                                           f"beyond the server's --top-k ({top_k or 100}) they keep their order.")],
         top_n: Annotated[Optional[int], Field(description="How many results to return (at least 1; default: all).")] = None,
+        reasoning_budget: Annotated[Optional[int], Field(
+            description="Reasoning tokens per window for this call (default: the server's; smaller is faster).")] = None,
+        answer_budget: Annotated[Optional[int], Field(
+            description="Answer tokens per window, and a forced answer's budget (default: the server's, 100).")] = None,
+        effort: Annotated[Optional[str], Field(
+            description="A reasoning budget preset instead of reasoning_budget: low (256), medium (1024) or high (3072).")] = None,
+        thinking: Annotated[Optional[bool], Field(
+            description="false: reasoning off, for models whose chat template has the switch (Qwen3's enable_thinking).")] = None,
+        on_truncation: Annotated[Optional[str], Field(
+            description="A window whose reasoning the budget cut: force (an answer forced after the cut reasoning), keep "
+                        "(its order kept) or paper (ReasonRank's own reading of the reply).")] = None,
         scores: Annotated[Optional[List[float]], Field(
             description="The first stage's score of each document (optional; with the server's --score-mode blend they are "
                         "mixed with the rerank position; without them the documents' order stands for the first stage).")] = None,
@@ -131,7 +145,8 @@ def _add_rerank_tool(server, reranker: Callable[[], object], top_k: int | None) 
         """Rerank documents by relevance to the query with a listwise reasoning model: it reads windows of
         passages, reasons, and orders them."""
         with _as_tool_error():
-            ranked = rerank_texts(reranker(), query, documents, top_n, scores)
+            ranked = rerank_texts(rebuild(reranker(), reasoning_budget=reasoning_budget, answer_budget=answer_budget,
+                                          effort=effort, thinking=thinking, on_truncation=on_truncation), query, documents, top_n, scores)
         return Ranking(results=[Hit(index=i, relevance_score=score, document=documents[i]) for i, score in ranked])
 
 

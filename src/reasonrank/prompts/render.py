@@ -20,6 +20,7 @@ trained one.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import threading
 from dataclasses import dataclass, field
@@ -198,6 +199,34 @@ class PromptRenderer:
     def require_tags(self) -> bool:
         return self.template.require_tags
 
+    @property
+    def thinking_switch(self) -> bool | None:
+        """Whether the model's chat template has a thinking switch (`enable_thinking`, Qwen3's): True or
+        False when the template is known here, None when a server applies a template this side cannot
+        read."""
+        template = getattr(self.tokenizer, "chat_template", None) if self.tokenizer is not None else None
+        if not isinstance(template, str):
+            return None
+        return "enable_thinking" in template
+
+    def with_template_kwargs(self, **kwargs) -> "PromptRenderer":
+        """This renderer with more chat-template arguments (`enable_thinking=False`), sharing the tokenizer
+        and, where nothing changes, itself. Variants are kept, so a service asking per request builds each
+        once."""
+        merged = {**self.template.chat_template_kwargs, **kwargs}
+        if merged == self.template.chat_template_kwargs:
+            return self
+        key = tuple(sorted(merged.items()))
+        with self._lock:
+            variants = self.__dict__.setdefault("_variants", {})
+            variant = variants.get(key)
+            if variant is None:
+                template = dataclasses.replace(self.template, chat_template_kwargs=merged)
+                variant = PromptRenderer(self.tokenizer, template, self.max_passage_tokens, self.cache_size)
+                variant._cache = self._cache  # passage cuts do not depend on the template (one dict, a GIL-safe cache)
+                variants[key] = variant
+        return variant
+
     # -- passages -------------------------------------------------------------------------
 
     def passage_content(self, candidate: Candidate) -> str:
@@ -258,9 +287,9 @@ class PromptRenderer:
 
     def _render(self, query: str, candidates: Sequence[Candidate]) -> Prompt:
         messages, raw = self._build(query, candidates)
+        kwargs = dict(self.template.chat_template_kwargs)
         if not self.can_template:
-            return Prompt(messages, None)
+            return Prompt(messages, None, kwargs)
         # Byte-identical to upstream: the template over the unfixed query, then the whole string fixed.
-        text = self.tokenizer.apply_chat_template(raw, tokenize=False, add_generation_prompt=True,
-                                                  **self.template.chat_template_kwargs)
-        return Prompt(messages, self._fix_prompt(text))
+        text = self.tokenizer.apply_chat_template(raw, tokenize=False, add_generation_prompt=True, **kwargs)
+        return Prompt(messages, self._fix_prompt(text), kwargs)

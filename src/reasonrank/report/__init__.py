@@ -61,6 +61,7 @@ def run_settings(reranker, command: str | list[str] | None = None, **extra: Any)
     out: dict[str, Any] = {
         "model": model.name if model.is_file() else str(backend.model), "backend": backend.name, "method": spec.method,
         "mode": reranker.renderer.mode, "top_k": spec.top_k, "window": spec.window, "max_new_tokens": spec.max_new_tokens,
+        "reasoning_budget": spec.reasoning_budget, "answer_budget": spec.answer_budget, "on_truncation": spec.on_truncation,
         "max_passage_tokens": reranker.renderer.max_passage_tokens, **{k: getattr(spec, k) for k in method_fields},
     }
     if spec.lora:

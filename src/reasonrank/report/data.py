@@ -380,6 +380,9 @@ def _window_json(w: Shown) -> dict[str, Any]:
     out = {"method": w.method, "pass": w.pass_index, "start": w.start, "end": w.end, "status": t.status or "unknown",
            "pt": t.prompt_tokens, "ct": t.completion_tokens, "sec": round(t.seconds, 3), "hash": t.prompt_hash,
            "docids": w.docids, "perm": t.permutation, "reasoning": t.reasoning, "answer": answer}
+    if t.forced_prefix:  # on_truncation force: the forced second part of a window its budget cut
+        out["forced"] = {"prefix": t.forced_prefix, "answer": t.forced_answer, "pt": t.forced_prompt_tokens,
+                         "ct": t.forced_completion_tokens, "sec": round(t.forced_seconds, 3), "error": t.forced_error}
     if w.role:  # tdpart: no positions, a role
         out["role"] = w.role
     if w.retried:  # a failed answer the run asked again
@@ -536,8 +539,10 @@ def _query_json(q: _Query, text: str, qrels, excluded, ev) -> dict[str, Any]:
         "final": [[d, first_rank.get(d)] for d in q.final[:depth]],
         "rel": {d: g for d, g in judged.items() if g > 0},
         "excluded": sorted(set(excluded.get(q.qid, ())) & set(q.final[:depth])) if excluded else [],
-        "seconds": round(sum(t.seconds for t in windows), 3),
-        "pt": sum(t.prompt_tokens for t in windows), "ct": sum(t.completion_tokens for t in windows),
+        # a window's forced answer (a second call) included
+        "seconds": round(sum(t.seconds + t.forced_seconds for t in windows), 3),
+        "pt": sum(t.prompt_tokens + t.forced_prompt_tokens for t in windows),
+        "ct": sum(t.completion_tokens + t.forced_completion_tokens for t in windows),
         "skipped": q.skipped, "missing": q.missing, "differs": q.differs,
     }
     if ev is not None:
@@ -549,6 +554,8 @@ def _query_json(q: _Query, text: str, qrels, excluded, ev) -> dict[str, Any]:
 SETTING_LABELS = {"model": "model", "backend": "backend", "engine": "engine", "engine_id": "engine id", "method": "method",
                   "mode": "prompt mode", "top_k": "top-k reranked", "window": "window", "step": "step", "passes": "passes",
                   "pivot": "pivot (the rank tdpart settles)", "max_new_tokens": "generation budget (tokens)",
+                  "reasoning_budget": "reasoning budget (tokens)", "answer_budget": "answer budget (tokens; a forced answer's too)",
+                  "on_truncation": "a window cut in its reasoning (on_truncation)",
                   "max_passage_tokens": "passage budget (tokens)", "finished": "run finished", "command": "command",
                   "journal": "journal"}
 

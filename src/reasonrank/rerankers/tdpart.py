@@ -163,8 +163,8 @@ class TopDownPartitionReranker(ListwiseReranker):
                     self.stats.add(out[n], resumed=True)
             else:
                 pending.append((n, i, role, window, prompt, key))
-        for (n, i, role, window, prompt, key), gen in self._generate(pending, 4):
-            trace = self._trace(requests[i].query.qid, 0, None, None, window, prompt, key, gen, role=role)
+        for (n, i, role, window, prompt, key), gen, forced in self._generate(pending, 4, lambda job: len(job[3])):
+            trace = self._trace(requests[i].query.qid, 0, None, None, window, prompt, key, gen, role=role, forced=forced)
             self.journal.record(trace)
             with self._stats_lock:
                 self.stats.add(trace, resumed=False)

@@ -127,12 +127,36 @@ class RerankService:
             self.in_flight -= 1
         self.metrics.in_flight.dec()
 
-    def reranker(self, n_documents: int, cancel: threading.Event | None = None):
-        """The reranker of one request of `n_documents`: the served spec over (at most) its top_k, built on
-        the shared engine through this request's batch client."""
+    def request_spec(self, budget: dict | None = None) -> RerankerSpec:
+        """The served spec with a request's reasoning-budget fields (RerankInput.budget), resolved; ApiError 400
+        for a contradiction (effort with another reasoning_budget, ...) or a budget over this server's cap
+        (ServeConfig.max_reasoning_budget / max_answer_budget, default: the served spec's own), naming it."""
+        from reasonrank.errors import ReasonRankError
+
+        if not budget:
+            return self.spec
+        from reasonrank.spec import with_thinking
+
+        try:
+            spec = self.spec.replace(**budget).resolved()
+            with_thinking(self.renderer, spec.thinking)  # thinking=false on a template without the switch: refused
+        except ReasonRankError as exc:
+            raise ApiError(400, str(exc)) from None
+        for name, cap in (("reasoning_budget", self.config.max_reasoning_budget), ("answer_budget", self.config.max_answer_budget)):
+            cap = getattr(self.spec, name) if cap is None else cap
+            value = getattr(spec, name)
+            if cap is not None and value is not None and value > cap:
+                asked = f" (effort {spec.effort})" if name == "reasoning_budget" and spec.effort and "effort" in budget else ""
+                raise ApiError(400, f"{name} {value}{asked} is over this server's max_{name} of {cap} tokens")
+        return spec
+
+    def reranker(self, n_documents: int, cancel: threading.Event | None = None, budget: dict | None = None):
+        """The reranker of one request of `n_documents`: the served spec (with the request's budget fields)
+        over (at most) its top_k, built on the shared engine through this request's batch client."""
         from reasonrank.spec import build
 
-        spec = self.spec.replace(top_k=min(self.spec.top_k, n_documents))
+        spec = self.request_spec(budget)
+        spec = spec.replace(top_k=min(spec.top_k, n_documents))
         return build(spec, backend=self.batcher.client(cancel), renderer=self.renderer)
 
     def rerank(self, req: RerankInput, cancel: threading.Event) -> tuple[list[int], list]:
@@ -143,7 +167,7 @@ class RerankService:
         if n == 1:  # nothing to order: no model call
             return [0], []
         candidates = [Candidate(str(i), 0.0, text) for i, text in enumerate(req.texts)]
-        result = self.reranker(n, cancel).rerank_batch([Request(Query("q", req.query), candidates)])[0]
+        result = self.reranker(n, cancel, req.budget).rerank_batch([Request(Query("q", req.query), candidates)])[0]
         traces = result.traces
         self.metrics.observe_traces(traces)
         if traces and all(tr.status == "backend_error" for tr in traces):
@@ -239,6 +263,7 @@ def create_app(source: ServeConfig | RerankerFactory | None = None, config: Serv
                 scoring = service.spec.replace(**req.scoring)
             except ReasonRankError as exc:
                 raise ApiError(400, str(exc)) from None
+            service.request_spec(req.budget)  # 400 for a bad or over-cap budget, before the request is admitted
             service.admit()
             admitted = True
             service.metrics.documents.inc(len(req.texts))

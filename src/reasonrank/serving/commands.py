@@ -47,6 +47,8 @@ def serve(
     max_query_chars: int = typer.Option(4_000, help="Characters per query (400 beyond)."),
     max_body_bytes: int = typer.Option(4 * 1024 * 1024, help="Request body size cap in bytes (413 beyond)."),
     max_in_flight: int = typer.Option(256, help="Requests worked on at once (503 beyond)."),
+    max_reasoning_budget: Optional[int] = typer.Option(None, help="The most reasoning_budget a request may ask (400 beyond; default: the served --reasoning-budget)."),
+    max_answer_budget: Optional[int] = typer.Option(None, help="The most answer_budget a request may ask (400 beyond; default: the served --answer-budget)."),
     auth_key_env: str = typer.Option("REASONRANK_API_KEY", "--auth-key-env",
                                      help="Environment variable holding the bearer token clients must send (unset: no auth)."),
     auth_key_file: Optional[Path] = typer.Option(None, "--auth-key-file",
@@ -67,6 +69,7 @@ def serve(
             spec=spec, served_model_name=served_model_name, aliases=list(alias or []), max_batch=max_batch,
             batch_wait_ms=batch_wait_ms, max_documents=max_documents, max_document_chars=max_document_chars,
             max_query_chars=max_query_chars, max_body_bytes=max_body_bytes, max_in_flight=max_in_flight,
+            max_reasoning_budget=max_reasoning_budget, max_answer_budget=max_answer_budget,
             api_keys=read_api_keys(auth_key_file, auth_key_env),
         )
     except ReasonRankError as exc:

@@ -35,6 +35,11 @@ class ServeConfig:
     per document, `max_query_chars`, `max_body_bytes` for the whole request body (413), and
     `max_in_flight` requests at once (503 beyond it).
 
+    Reasoning budgets: a request may set its own reasoning_budget, answer_budget, effort, thinking and
+    on_truncation (fields beside Cohere's); its budgets may not exceed `max_reasoning_budget` and
+    `max_answer_budget` (None: the served spec's own budgets, so a request can only ask for less unless
+    the operator raises the cap), else 400 naming the cap.
+
     Auth: when `api_keys` is non-empty, every rerank and score path and /metrics need
     `Authorization: Bearer <key>`; /health stays open for probes.
     """
@@ -50,6 +55,8 @@ class ServeConfig:
     max_body_bytes: int = 4 * 1024 * 1024
     max_in_flight: int = 256
     api_keys: list[str] = field(default_factory=list)
+    max_reasoning_budget: int | None = None  # a request's reasoning_budget cap (None: the served spec's)
+    max_answer_budget: int | None = None  # a request's answer_budget cap (None: the served spec's)
 
     def __post_init__(self) -> None:
         if not isinstance(self.spec, RerankerSpec):
@@ -59,6 +66,10 @@ class ServeConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ReasonRankError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("max_reasoning_budget", "max_answer_budget"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise ReasonRankError(f"{name} must be an integer >= 0, got {value!r}")
         if self.batch_wait_ms < 0:
             raise ReasonRankError(f"batch_wait_ms must be >= 0, got {self.batch_wait_ms!r}")
         self.api_keys = [k for k in (k.strip() for k in self.api_keys) if k]

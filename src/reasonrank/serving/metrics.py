@@ -6,7 +6,7 @@ from reasonrank.errors import require
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128)
-PARSE_FAILURES = ("no_answer", "truncated", "backend_error")  # "repaired" rankings are usable: counted in windows only
+PARSE_FAILURES = ("no_answer", "truncated", "paper_fallback", "backend_error")  # "repaired" rankings are usable: counted in windows only
 
 
 class Metrics:
@@ -25,7 +25,8 @@ class Metrics:
                                     ["status"], registry=r)
         self.parse_failures = prom.Counter(
             "reasonrank_parse_failures",
-            "Windows whose output gave no usable ranking (no_answer, truncated, backend_error); their input order was kept.",
+            "Windows whose output gave no usable ranking (no_answer, truncated, backend_error: their input order was kept; "
+            "paper_fallback: the numbers of the whole reply).",
             registry=r)
         self.prompt_tokens = prom.Counter("reasonrank_prompt_tokens", "Prompt tokens the model read.", registry=r)
         self.completion_tokens = prom.Counter("reasonrank_completion_tokens", "Tokens the model generated.", registry=r)
@@ -52,8 +53,8 @@ class Metrics:
             self.windows.labels(status=t.status or "unknown").inc()
             if t.status in PARSE_FAILURES:
                 self.parse_failures.inc()
-            self.prompt_tokens.inc(t.prompt_tokens)
-            self.completion_tokens.inc(t.completion_tokens)
+            self.prompt_tokens.inc(t.prompt_tokens + t.forced_prompt_tokens)  # a forced answer's call included
+            self.completion_tokens.inc(t.completion_tokens + t.forced_completion_tokens)
 
     def render(self) -> tuple[bytes, str]:
         return self._prom.generate_latest(self.registry), self._prom.CONTENT_TYPE_LATEST

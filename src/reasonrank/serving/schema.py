@@ -14,7 +14,11 @@ Request (POST /v1/rerank or /v2/rerank, JSON):
     documents[i].score (extension): the first stage's score of an object document (a number; give it for
                       every document or none), which `blend` mixes in; without it the input order stands for
                       the first stage
-    return_reasoning  boolean (extension): add `reasoning`, the per-window model output (method, role,
+    reasoning_budget, answer_budget, effort, thinking, on_truncation (extension): this request's reasoning
+                      budget (reasonrank.spec.RerankerSpec: integers >= 0 and >= 1, low|medium|high, a
+                      boolean, force|keep|paper; default: the served spec's). A Cohere client that does not
+                      send them is served as before. The server caps the budgets (--max-reasoning-budget,
+                      --max-answer-budget; default: its own): a request over a cap is a 400 naming it
                       positions, documents, permutation, status, reasoning, raw output, tokens)
     max_chunks_per_doc, max_tokens_per_doc, priority, relevant_spans: accepted and ignored
                       (documents are cut to the server's passage token budget instead)
@@ -41,6 +45,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from reasonrank.parsing import MODEL_ORDER
 from reasonrank.validation import InvalidInput, check_documents, check_query, check_top_n
 from reasonrank.validation import type_name as _type_name
 
@@ -66,6 +71,7 @@ class RerankInput:
     top_n: int
     return_documents: bool = False
     return_reasoning: bool = False
+    budget: dict[str, Any] = field(default_factory=dict)  # this request's reasoning_budget, answer_budget, effort, thinking, on_truncation
     ignored: list[str] = field(default_factory=list)
     scores: list[float] | None = None  # the first stage's score of each document (extension), None: not given
     scoring: dict[str, Any] = field(default_factory=dict)  # this request's score_mode/blend_weight/min_score
@@ -141,7 +147,7 @@ def _parse(body: Any, version: int, limits: Limits, model_names: list[str], serv
     return RerankInput(
         version=version, model=model, query=query, texts=texts, originals=documents,
         top_n=check_top_n(body.get("top_n"), len(documents)), return_documents=_bool(body, "return_documents"),
-        return_reasoning=_bool(body, "return_reasoning"), ignored=[k for k in IGNORED_FIELDS if body.get(k) is not None],
+        return_reasoning=_bool(body, "return_reasoning"), budget=request_budget(body), ignored=[k for k in IGNORED_FIELDS if body.get(k) is not None],
         scores=first_stage_scores(documents), scoring=request_scoring(body),
     )
 
@@ -200,6 +206,27 @@ def _document_text(i: int, doc: Any, rank_fields: list[str] | None) -> str:
     return doc["text"]
 
 
+BUDGET_FIELDS = ("reasoning_budget", "answer_budget", "effort", "thinking", "on_truncation")
+
+
+def request_budget(body: dict) -> dict[str, Any]:
+    """A request's own reasoning-budget settings (extension fields beside Cohere's), type-checked here; how
+    they combine with the served spec (a contradiction, a cap) is the service's check (RerankService.request_spec)."""
+    from reasonrank.spec import EFFORT_BUDGETS, ON_TRUNCATION
+
+    given = {k: body[k] for k in BUDGET_FIELDS if body.get(k) is not None}
+    for name, least in (("reasoning_budget", 0), ("answer_budget", 1)):
+        value = given.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+            raise _bad(f"'{name}' must be an integer >= {least}, got {value!r}")
+    for name, choices in (("effort", tuple(EFFORT_BUDGETS)), ("on_truncation", ON_TRUNCATION)):
+        if name in given and given[name] not in choices:
+            raise _bad(f"'{name}' must be one of {', '.join(choices)}, got {given[name]!r}")
+    if "thinking" in given and not isinstance(given["thinking"], bool):
+        raise _bad(f"'thinking' must be a boolean, got {_type_name(given['thinking'])}")
+    return given
+
+
 def relevance_score(rank: int) -> float:
     """The score of the document at 0-based position `rank` of the final order: 1 / (rank + 1)."""
     return 1.0 / (rank + 1)
@@ -216,8 +243,8 @@ def build_response(req: RerankInput, ranked: list, traces: list, request_id: str
             original = req.originals[index]
             item["document"] = dict(original) if isinstance(original, dict) else {"text": original}
         results.append(item)
-    prompt_tokens = sum(t.prompt_tokens for t in traces)
-    completion_tokens = sum(t.completion_tokens for t in traces)
+    prompt_tokens = sum(t.prompt_tokens + t.forced_prompt_tokens for t in traces)  # forced answers included
+    completion_tokens = sum(t.completion_tokens + t.forced_completion_tokens for t in traces)
     api_version: dict[str, Any] = {"version": str(req.version)}
     if req.version == 2:
         api_version["is_experimental"] = False
@@ -229,11 +256,12 @@ def build_response(req: RerankInput, ranked: list, traces: list, request_id: str
         "tokens": {"input_tokens": prompt_tokens, "output_tokens": completion_tokens},
     }
     warnings = []
-    failed = [t for t in traces if t.status not in ("ok", "repaired")]
+    failed = [t for t in traces if t.status not in MODEL_ORDER]
     if failed:
         kinds = sorted({t.status for t in failed})
         warnings.append(f"{len(failed)} of {len(traces)} windows gave no usable ranking ({', '.join(kinds)}); "
-                        f"those windows kept their input order")
+                        f"those windows kept their input order" + (" (paper_fallback: the numbers of the whole reply)"
+                                                                   if "paper_fallback" in kinds else ""))
     if req.ignored:
         warnings.append(f"ignored: {', '.join(req.ignored)} (documents are cut to the server's passage token budget)")
     if warnings:
@@ -248,6 +276,10 @@ def build_response(req: RerankInput, ranked: list, traces: list, request_id: str
                 "permutation": list(t.permutation),  # the model's order, as positions within the window
                 "status": t.status, "reasoning": t.reasoning, "raw_output": t.raw_output,
                 "prompt_tokens": t.prompt_tokens, "completion_tokens": t.completion_tokens, "seconds": round(t.seconds, 4),
+                # status forced: the second part of the window (its prompt: the window's + forced_prefix)
+                "forced": {"prefix": t.forced_prefix, "answer": t.forced_answer, "prompt_tokens": t.forced_prompt_tokens,
+                           "completion_tokens": t.forced_completion_tokens, "seconds": round(t.forced_seconds, 4),
+                           "error": t.forced_error} if t.forced_prefix else None,
             }
             for t in traces
         ]

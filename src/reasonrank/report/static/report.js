@@ -8,12 +8,14 @@
   const R = JSON.parse(document.getElementById("report-data").textContent);
   const SVGNS = "http://www.w3.org/2000/svg";
   const M0 = R.measures[0];
-  const PROBLEMS = ["no_answer", "truncated", "backend_error", "unknown"];
+  const PROBLEMS = ["no_answer", "truncated", "paper_fallback", "backend_error", "unknown"];
   const EXPLAIN = {
     ok: "the answer was a clean ranking inside <answer> tags",
     repaired: "the answer was usable after a repair (missing tags, duplicate or missing ids); see the raw answer",
     no_answer: "no ranking could be read; the window kept its input order",
     truncated: "the generation budget ran out while reasoning; the window kept its input order",
+    forced: "the generation budget ran out while reasoning; the reasoning was cut at its last sentence and an answer forced (the forced answer below)",
+    paper_fallback: "no answer: the passage numbers of the whole reply, first mention first (ReasonRank's own fallback, --on-truncation paper)",
     backend_error: "the model call failed; the window kept its input order",
   };
   const ROLES = {
@@ -240,6 +242,11 @@
     const ids = w.role ? el("div", { class: "full docids" },
       el("div", {}, el("b", {}, "input: "), el("span", { "data-ids": "input" }, w.docids.join(" "))),
       el("div", {}, el("b", {}, "answer: "), el("span", { "data-ids": "output" }, out.join(" ")))) : null;
+    const forced = w.forced ? el("div", { class: "full forced-answer" },
+      el("b", {}, "Forced answer"),
+      el("span", { class: "note" }, ` (the reasoning cut at its last complete sentence, then </think><answer>: ${num(w.forced.pt)} prompt + ` +
+        `${num(w.forced.ct)} generated tokens, ${secs(w.forced.sec)})` + (w.forced.error ? `; no answer: ${w.forced.error}` : "")),
+      el("pre", { class: "answer" }, "…" + w.forced.prefix.slice(-120), el("b", {}, w.forced.answer ? linkify(w.forced.answer, wi, n) : "(empty)"))) : null;
     const notes = [
       w.retried ? el("span", { class: "down", title: "the run asked this window again; the answer it used is the next window" }, "failed, asked again") : null,
       w.shared ? el("span", { class: "note", title: "the same prompt was answered once, for either method" }, `answer recorded by a ${w.shared} window`) : null];
@@ -253,7 +260,7 @@
           passageList(q, w, wi)),
       reasoning,
       el("div", { class: "full" }, el("b", {}, "Raw answer"), el("span", { class: "note" }, answerNote),
-        el("pre", { class: "answer" }, w.answer ? linkify(w.answer, wi, n) : "(empty)"))));
+        el("pre", { class: "answer" }, w.answer ? linkify(w.answer, wi, n) : "(empty)")), forced));
   }
 
   function finalTable(q) {
