@@ -161,6 +161,12 @@ def test_raw_http_budget_fields_and_the_cap(service, engine):
         r = post(**extra)
         assert r.status_code == 400 and message in r.json()["message"], (extra, r.text)
     assert engine.take() == []  # refused before any model call
+    # TEI's shape (its own body, rebuilt for the service) carries the budget fields too
+    r = httpx.post(service + "/rerank", json={"query": QUERY, "texts": DOCS, "reasoning_budget": 4, "answer_budget": 10}, timeout=120)
+    assert r.status_code == 200, r.text
+    check_forced_calls(engine.take(), 4, 10)
+    r = httpx.post(service + "/rerank", json={"query": QUERY, "texts": DOCS, "reasoning_budget": 65}, timeout=120)
+    assert 400 <= r.status_code < 500 and "max_reasoning_budget of 64" in r.json()["error"], r.text
 
 
 # -- MCP and an adapter ----------------------------------------------------------------------------------

@@ -57,7 +57,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from reasonrank.serving.schema import ApiError, Limits, RerankInput, build_response, parse_request
+from reasonrank.serving.schema import BUDGET_FIELDS, ApiError, Limits, RerankInput, build_response, parse_request
 from reasonrank.validation import type_name
 
 COHERE_ONLY = ("rank_fields", "max_chunks_per_doc", "relevant_spans", "return_reasoning")
@@ -151,8 +151,8 @@ def _parse_tei(body: dict, limits: Limits, names: list[str], served: str) -> Sha
         raise ApiError(422, f"'truncation_direction' must be Left or Right, got {direction!r}", "validation")
     if len(texts) > limits.max_documents:  # TEI answers a batch over its client batch size with 413
         raise ApiError(413, f"batch size {len(texts)} > maximum allowed batch size {limits.max_documents}", "validation")
-    cohere = {"query": body["query"], "documents": texts, **{k: body[k] for k in ("score_mode", "blend_weight", "min_score")
-                                                              if k in body}}
+    extensions = ("score_mode", "blend_weight", "min_score", *BUDGET_FIELDS)  # reasonrank's own fields ride along
+    cohere = {"query": body["query"], "documents": texts, **{k: body[k] for k in extensions if k in body}}
     try:
         req = parse_request(cohere, 1, limits, names, served)
     except ApiError as exc:
