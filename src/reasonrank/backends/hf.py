@@ -116,22 +116,27 @@ class HFBackend:
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[Generation]:
-        results: list[Generation | None] = [None] * len(prompts)
+    def _encode(self, prompts: Sequence[Prompt], room: int, failed) -> tuple[list, list[tuple[int, list[int]]]]:
+        """(results with `failed(prompt_tokens, error)` where a prompt cannot run, [(index, ids)] of the others,
+        longest first so padded batches waste little). `room`: tokens the prompt must leave in the context."""
+        results: list = [None] * len(prompts)
         encoded: list[tuple[int, list[int]]] = []
-        max_new = max(1, int(params.max_new_tokens))
         for i, prompt in enumerate(prompts):
             if prompt.text is None:
-                results[i] = Generation(text="", error="transformers backend needs Prompt.text (the rendered prompt)")
+                results[i] = failed(0, "transformers backend needs Prompt.text (the rendered prompt)")
                 continue
             ids = self.tokenizer(prompt.text, add_special_tokens=False)["input_ids"]
-            if self.max_context and len(ids) + max_new > self.max_context:
-                results[i] = Generation(text="", prompt_tokens=len(ids), error=(
-                    f"prompt of {len(ids)} tokens + max_new_tokens {max_new} exceeds the model's context "
-                    f"of {self.max_context} tokens"))
+            if self.max_context and len(ids) + room > self.max_context:
+                results[i] = failed(len(ids), f"prompt of {len(ids)} tokens + {room} new token(s) exceeds the model's "
+                                              f"context of {self.max_context} tokens")
                 continue
             encoded.append((i, ids))
         encoded.sort(key=lambda item: -len(item[1]))
+        return results, encoded
+
+    def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[Generation]:
+        max_new = max(1, int(params.max_new_tokens))
+        results, encoded = self._encode(prompts, max_new, lambda n, error: Generation(text="", prompt_tokens=n, error=error))
         with self._lock:
             for start in range(0, len(encoded), self.batch_size):
                 batch = encoded[start:start + self.batch_size]
@@ -207,19 +212,7 @@ class HFBackend:
             if not toks:
                 raise ValueError(f"candidate {cand!r} has no tokens")
             cand_ids[cand] = toks[0]
-        results: list[NextTokenLogprobs | None] = [None] * len(prompts)
-        encoded: list[tuple[int, list[int]]] = []
-        for i, prompt in enumerate(prompts):
-            if prompt.text is None:
-                results[i] = NextTokenLogprobs(error="transformers backend needs Prompt.text (the rendered prompt)")
-                continue
-            ids = self.tokenizer(prompt.text, add_special_tokens=False)["input_ids"]
-            if self.max_context and len(ids) + 1 > self.max_context:
-                results[i] = NextTokenLogprobs(prompt_tokens=len(ids), error=(
-                    f"prompt of {len(ids)} tokens does not fit the model's context of {self.max_context} tokens"))
-                continue
-            encoded.append((i, ids))
-        encoded.sort(key=lambda item: -len(item[1]))
+        results, encoded = self._encode(prompts, 1, lambda n, error: NextTokenLogprobs(prompt_tokens=n, error=error))
         with self._lock:
             for start in range(0, len(encoded), self.batch_size):
                 batch = encoded[start:start + self.batch_size]
