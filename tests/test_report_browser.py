@@ -161,7 +161,9 @@ def test_expanding_a_query_shows_its_windows_reasoning_and_answer(open_report, j
         window.locator("details.reasoning > summary").click()
         assert window.locator("details.reasoning .text").inner_text() == trace["reasoning"]
     else:  # the embedded 0.5B model writes no <think> block: the window says so
-        assert "no reasoning" in window.locator(".reasoning-empty").inner_text()
+        empty = window.locator(".reasoning-empty")
+        empty.wait_for(state="visible")  # the view may still be rendering after the click (hashchange)
+        assert "no reasoning" in empty.inner_text()
     assert window.locator("pre.answer").inner_text() == trace["raw_output"]
     page.shot(shots, "query", capsys)
 
