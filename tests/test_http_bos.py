@@ -142,4 +142,5 @@ def test_every_window_of_a_rerank_has_the_in_process_prompt_tokens(engines, bos_
         assert r.prompt == lo.prompt and r.prompt.startswith("<|endoftext|>")
         assert r.prompt_tokens == lo.prompt_tokens == len(_ids(bos_tokenizer, lo.prompt))
         assert r.raw_output == lo.raw_output
-    assert backend.stats["bos_stripped"] == len(remote.traces)
+    # every prompt sent lost its BOS: each window's, and each forced answer's continuation of it
+    assert backend.stats["bos_stripped"] == len(remote.traces) + sum(1 for t in remote.traces if t.forced_prompt_tokens)
