@@ -126,21 +126,8 @@ def reference(engine: Engine, tmp_path: Path) -> list[str]:
 
 
 def cli(engine: Engine, tmp_path: Path) -> list[str]:
-    from reasonrank.io import read_run
-
-    coll = tmp_path / "tiny"
-    (coll / "qrels").mkdir(parents=True, exist_ok=True)
-    (coll / "corpus.jsonl").write_text("".join(json.dumps({"_id": d, "title": "", "text": t}) + "\n" for d, t in DOCS.items()))
-    (coll / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": QUERY}) + "\n")
-    (coll / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td3\t1\n")
-    run = tmp_path / "first.trec"
-    run.write_text("".join(f"q1 Q0 {d} {i + 1} {len(DOCS) - i}.0 first\n" for i, d in enumerate(DOCS)))
-    out = tmp_path / "reranked.trec"
-    proc = subprocess.run([sys.executable, "-m", "reasonrank.cli", "rerank", "-c", str(coll), "-r", str(run), "-o", str(out),
-                           *engine.args], capture_output=True, text=True, timeout=600, env={**os.environ, **engine.env})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    scores = read_run(out)["q1"]
-    return sorted(scores, key=lambda d: -scores[d])
+    first_stage = {d: float(len(DOCS) - i) for i, d in enumerate(DOCS)}
+    return [d for d, _ in scored_cli(engine, tmp_path, first_stage)]
 
 
 def service(engine: Engine, tmp_path: Path) -> list[str]:
