@@ -7,6 +7,7 @@ from pathlib import Path
 from reasonrank.errors import FormatError
 from reasonrank.io.collection import Collection
 from reasonrank.io.common import field, read_jsonl
+from reasonrank.io.docstore import files_key
 from reasonrank.io.qrels import read_qrels
 from reasonrank.types import Document, Query
 
@@ -54,4 +55,5 @@ def load(path: Path, split: str = "test") -> Collection:
         load_docs=lambda: iter_docs(corpus),
         load_qrels=lambda: qrels,
         source=str(path),
+        store_key=files_key([corpus], "beir.iter_docs") if corpus else None,
     )

@@ -13,6 +13,7 @@ from typing import Any, Iterator
 from reasonrank.errors import FormatError, require
 from reasonrank.io.collection import Collection, UnknownCollection
 from reasonrank.io.common import field, read_jsonl
+from reasonrank.io.docstore import files_key
 from reasonrank.types import Document, Query
 
 TASKS = (
@@ -96,6 +97,7 @@ def load(root: Path, task: str, long_context: bool = False) -> Collection:
         load_qrels=lambda: qrels,
         load_excluded=lambda: excluded,
         source=str(root) + ("" if doc_files else f" (no {doc_split}/{task} files)"),
+        store_key=files_key(doc_files, "bright._documents") if doc_files else None,
     )
 
 

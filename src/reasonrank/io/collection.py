@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
 from reasonrank.errors import ReasonRankError
+from reasonrank.io.docstore import DocStore
 from reasonrank.io.qrels import Qrels
 from reasonrank.types import Document, Query
 
@@ -20,7 +21,12 @@ class UnknownCollection(ReasonRankError):
 
 @dataclass
 class Collection:
-    """Nothing is read until asked for; documents are indexed by id on the first lookup."""
+    """Nothing is read until asked for; documents are indexed by id on the first lookup.
+
+    With a `store_key` (set by the loaders that read corpus files: `reasonrank.io.docstore.files_key`)
+    the index is an on-disk store built once per corpus and reused by every later process, so a
+    lookup holds only the documents asked for. Without one (collections built in memory, the hub
+    loader) it is a dict of the whole corpus, built on the first lookup."""
 
     name: str
     load_queries: Callable[[], Iterator[Query]]
@@ -28,7 +34,9 @@ class Collection:
     load_qrels: Callable[[], Qrels]
     load_excluded: Callable[[], dict[str, set[str]]] = dict
     source: str = ""
+    store_key: str | None = None
     _doc_index: dict[str, Document] | None = field(default=None, repr=False)
+    _store: DocStore | None = field(default=None, repr=False)
     _qrels: Qrels | None = field(default=None, repr=False)
     _excluded: dict[str, set[str]] | None = field(default=None, repr=False)
 
@@ -48,15 +56,33 @@ class Collection:
         return self.load_docs()
 
     def doc(self, docid: str) -> Document:
-        if self._doc_index is None:
-            self._doc_index = {d.docid: d for d in self.docs()}
-        try:
-            return self._doc_index[docid]
-        except KeyError:
-            raise KeyError(f"{self.name}: unknown doc id {docid!r}") from None
+        return self.docs_by_ids([docid])[docid]
 
     def docs_by_id(self, docids: Iterable[str]) -> list[Document]:
-        return [self.doc(d) for d in docids]
+        docids = list(docids)
+        found = self.docs_by_ids(docids)
+        return [found[d] for d in docids]
+
+    def docs_by_ids(self, docids: Iterable[str]) -> dict[str, Document]:
+        """{docid: Document} for every id, in one batched lookup (a query's candidates at once).
+
+        The first unknown id, in the order given, raises KeyError naming it."""
+        docids = list(docids)
+        found = self._lookup(docids) if docids else {}  # nothing asked: no corpus read or store built
+        for d in docids:
+            if d not in found:
+                raise KeyError(f"{self.name}: unknown doc id {d!r}")
+        return found
+
+    def _lookup(self, docids: list[str]) -> dict[str, Document]:
+        if self.store_key is not None:
+            if self._store is None:
+                self._store = DocStore.open_or_build(self.store_key, self.docs)
+            return self._store.get_many(docids)
+        if self._doc_index is None:
+            self._doc_index = {d.docid: d for d in self.docs()}
+        index = self._doc_index
+        return {d: index[d] for d in docids if d in index}
 
     def qrels(self) -> Qrels:
         if self._qrels is None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from reasonrank.io.beir import find, iter_docs
 from reasonrank.io.collection import Collection
 from reasonrank.io.common import field, read_jsonl
+from reasonrank.io.docstore import files_key
 from reasonrank.io.qrels import read_qrels
 from reasonrank.types import Query
 
@@ -43,4 +44,5 @@ def load(path: Path) -> Collection:
         load_docs=(lambda: iter_docs(corpus)) if corpus else None,
         load_qrels=lambda: qrels,
         source=str(path),
+        store_key=files_key([corpus], "beir.iter_docs") if corpus else None,
     )

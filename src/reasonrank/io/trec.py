@@ -12,7 +12,7 @@ from reasonrank.io.qrels import Qrels, check_id, iter_qrels, read_qrels, write_q
 
 Run = dict[str, dict[str, float]]  # qid -> docid -> score, each query in file order
 
-__all__ = ["Qrels", "Run", "iter_qrels", "iter_run", "ranked", "read_qrels", "read_run", "write_qrels", "write_run"]
+__all__ = ["Qrels", "Run", "iter_qrels", "iter_run", "iter_run_queries", "ranked", "read_qrels", "read_run", "write_qrels", "write_run"]
 
 
 def split_run_line(path, lineno: int, line: str) -> tuple[str, str, str, str]:
@@ -43,17 +43,47 @@ def parse_score(path, lineno: int, rank: str, score: str) -> float:
     return value
 
 
-def iter_run(path: str | Path) -> Iterator[tuple[str, str, float]]:
-    """Yield (qid, docid, score) from a `qid Q0 docid rank score tag` file."""
+def _run_lines(path: str | Path) -> Iterator[tuple[int, str, str, float]]:
+    """(line number, qid, docid, score) of each run line."""
     seen = False
     for lineno, line in lines(path):
         if not line.strip():
             continue
         qid, docid, rank, score = split_run_line(path, lineno, line)
         seen = True
-        yield qid, docid, parse_score(path, lineno, rank, score)
+        yield lineno, qid, docid, parse_score(path, lineno, rank, score)
     if not seen:
         raise FormatError(path, None, "empty file: no run lines")
+
+
+def iter_run(path: str | Path) -> Iterator[tuple[str, str, float]]:
+    """Yield (qid, docid, score) from a `qid Q0 docid rank score tag` file."""
+    for _, qid, docid, score in _run_lines(path):
+        yield qid, docid, score
+
+
+def iter_run_queries(path: str | Path) -> Iterator[tuple[str, list[tuple[str, float]]]]:
+    """Yield (qid, its (docid, score) pairs best first) one query at a time, in file order.
+
+    Reads the file once and holds one query's lines (and the ids of the queries done): a run of any
+    size streams. The pairs are what `ranked(read_run(path)[qid])` gives (a repeated doc id keeps its
+    first place and its last score). TREC runs list each query's lines together; a query that comes
+    back after another began is refused, since streaming would split it in two."""
+    done: set[str] = set()
+    qid, docs = None, {}
+    for lineno, q, docid, score in _run_lines(path):
+        if q != qid:
+            if qid is not None:
+                done.add(qid)
+                yield qid, ranked(docs)
+            if q in done:
+                raise FormatError(path, lineno, f"query {q!r} appears again after other queries: a run must list each "
+                                  "query's lines together; sort it by query first, keeping each query's order "
+                                  "(e.g. `sort -s -k1,1 run > sorted`)")
+            qid, docs = q, {}
+        docs[docid] = score
+    if qid is not None:
+        yield qid, ranked(docs)
 
 
 def read_run(path: str | Path) -> Run:
