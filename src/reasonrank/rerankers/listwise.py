@@ -8,9 +8,10 @@ import json
 import logging
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Generator, Sequence
 
 from reasonrank.backends.base import ANSWER_BUDGET, Backend, Generation, SamplingParams
 from reasonrank.journal import Entry, Journal
@@ -220,22 +221,16 @@ class ListwiseReranker:
     async def arerank_batch(self, requests: Sequence[Request]) -> list[Result]:
         return await asyncio.to_thread(self.rerank_batch, requests)
 
-    def _generate(self, jobs: list[tuple], prompt_at: int, size: Callable[[tuple], int]):
-        """(job, generation, forced answer or None) for each job, whose prompt is `job[prompt_at]` and window
-        size `size(job)`. Engines that run prompts one after another (llama.cpp) or in fixed batches (hf)
-        get them in chunks of their batch size, so the caller's journal and progress bar advance per chunk.
-        Under on_truncation force the chunk's windows cut in their reasoning are continued in one more
-        call right after it (for llama.cpp, a chunk is one window: its KV cache still holds the prompt)."""
-        chunk = self.backend.capabilities.batch_size or len(jobs) or 1
-        for begin in range(0, len(jobs), chunk):
-            part = jobs[begin:begin + chunk]
-            t0 = time.perf_counter()
-            prompts = [job[prompt_at] for job in part]
-            generations = self.backend.generate(prompts, self.params)
-            forced = self._force(prompts, [size(job) for job in part], generations)
-            with self._stats_lock:
-                self.stats.model_seconds += time.perf_counter() - t0
-            yield from zip(part, generations, forced)
+    def _call(self, prompts: list[Prompt], sizes: list[int]) -> list[tuple[Generation, Forced | None]]:
+        """One engine call: the generations of `prompts` (windows of `sizes` passages) and, under
+        on_truncation force, the forced answers of those the budget cut, asked right after in one more
+        call (for llama.cpp, whose calls are one window, its KV cache still holds the prompt)."""
+        t0 = time.perf_counter()
+        generations = self.backend.generate(prompts, self.params)
+        forced = self._force(prompts, sizes, generations)
+        with self._stats_lock:
+            self.stats.model_seconds += time.perf_counter() - t0
+        return list(zip(generations, forced))
 
     def _force(self, prompts: list[Prompt], sizes: list[int], generations: list[Generation]) -> list[Forced | None]:
         """The forced answers of the windows whose reasoning the budget cut (None for the others), asked in
@@ -264,45 +259,43 @@ class ListwiseReranker:
         k = min(self.top_k, n)
         return [(p, s, e) for p in range(self.passes) for s, e in window_schedule(k, self.window, self.step)]
 
+    def _plan(self, request: Request) -> Plan:
+        """A query's sliding windows, bottom first: each window is rendered from the order the last one left."""
+        order = list(request.candidates)
+        for p, start, end in self._schedule(len(order)):
+            (trace,) = yield [Window(order[start:end], pass_index=p, start=start, end=end)]
+            order = apply_permutation(order, start, end, trace.permutation)
+        return order
+
+    def _expected_windows(self, request: Request) -> int | None:
+        return len(self._schedule(len(request.candidates)))
+
     def rerank_batch(self, requests: Sequence[Request]) -> list[Result]:
         started = time.perf_counter()
-        orders = [list(r.candidates) for r in requests]
         traces: list[list[WindowTrace]] = [[] for _ in requests]
-        schedules = [self._schedule(len(r.candidates)) for r in requests]
-        total = sum(len(s) for s in schedules)
-        bar = _progress(total, self.progress)
-        for step in range(max((len(s) for s in schedules), default=0)):
-            active = [i for i, s in enumerate(schedules) if step < len(s)]
-            self._run_step(requests, orders, traces, [(i, schedules[i][step]) for i in active], bar)
-        if bar is not None:
-            bar.close()
+        orders = self._drive(requests, traces)
         self._finish(len(requests), started)
         return [Result(r.query, _with_rank_scores(order), t) for r, order, t in zip(requests, orders, traces)]
 
-    def _run_step(self, requests, orders, traces, jobs, bar) -> None:
-        pending = []  # (request index, pass, start, end, prompt, key)
-        for i, (p, start, end) in jobs:
-            window = orders[i][start:end]
-            prompt = self.renderer.render(requests[i].query.text, window)
-            key = self._key(prompt)
-            done = self._lookup(key)
-            if done is not None:
-                trace = WindowTrace(requests[i].query.qid, p, start, end, key, permutation=done.order, status=done.status,
-                                    docids=[c.docid for c in window], method=self.method)
-                self._apply(i, orders, traces, trace, resumed=True)
-                if bar is not None:
-                    bar.update(1)
-            else:
-                pending.append((i, p, start, end, prompt, key))
-        for (i, p, start, end, prompt, key), gen, forced in self._generate(pending, 4, lambda job: job[3] - job[2]):
-            trace = self._trace(requests[i].query.qid, p, start, end, orders[i][start:end], prompt, key, gen, forced=forced)
-            self.journal.record(trace)
-            self._apply(i, orders, traces, trace, resumed=False)
-            if bar is not None:
-                bar.update(1)
-                s = self.stats
-                bar.set_postfix(tok_s=f"{(s.prompt_tokens + s.completion_tokens) / max(s.model_seconds, 1e-9):.0f}",
-                                gen_tok_s=f"{s.completion_tokens / max(s.model_seconds, 1e-9):.1f}", **dict(s.status))
+    def _drive(self, requests: Sequence[Request], traces: list[list[WindowTrace]]) -> list[list[Candidate]]:
+        """Run every query's plan to its end; the final orders, in request order.
+
+        No step barrier: a query's next windows are rendered and sent as soon as its last ones return,
+        whatever the other queries are doing, so a slow window holds up only its own query. Engines that
+        take several calls at once (servers, Ray replicas: `capabilities.concurrency`) get that many
+        calls in flight, refilled as each returns; the others get one call at a time holding every
+        window ready (a vLLM batch) or their batch size of them (llama.cpp: one). Windows the journal
+        holds are answered from it without a call. Journal, stats and progress advance per call."""
+        expected = [self._expected_windows(r) for r in requests]
+        drive = _Drive(self, requests, traces, _progress(None if None in expected else sum(expected), self.progress))
+        try:
+            for i in range(len(requests)):
+                drive.advance(i, None)
+            drive.run()
+        finally:
+            if drive.bar is not None:
+                drive.bar.close()
+        return [drive.finals[i] for i in range(len(requests))]
 
     def _finish(self, queries: int, started: float) -> None:
         with self._stats_lock:
@@ -367,12 +360,6 @@ class ListwiseReranker:
             return parsed.permutation, FORCED, extra
         return perm, status, extra
 
-    def _apply(self, i, orders, traces, trace: WindowTrace, resumed: bool) -> None:
-        orders[i] = apply_permutation(orders[i], trace.start, trace.end, trace.permutation)
-        traces[i].append(trace)
-        with self._stats_lock:
-            self.stats.add(trace, resumed)
-
 
 def _prompt_format(backend, renderer) -> str:
     """`messages` when the backend will send chat messages to a server's template, else `text`."""
@@ -380,9 +367,129 @@ def _prompt_format(backend, renderer) -> str:
     return "messages" if sends_messages and (backend.prompt_format == "messages" or not renderer.can_template) else "text"
 
 
-def _progress(total: int, enabled: bool):
+def _progress(total: int | None, enabled: bool):
     if not enabled or total == 0:
         return None
     from tqdm.auto import tqdm
 
     return tqdm(total=total, unit="window", dynamic_ncols=True)
+
+
+@dataclass
+class Window:
+    """A window a plan asks for: its candidates in input order, and where it sits (positions for the
+    sliding window; a role for tdpart's, whose windows are not contiguous)."""
+
+    candidates: list[Candidate]
+    role: str = ""
+    pass_index: int = 0
+    start: int | None = None
+    end: int | None = None
+
+
+# A query's plan: yields the windows it needs next, receives their traces (in the same order), returns
+# the query's final order.
+Plan = Generator[list[Window], list[WindowTrace], list[Candidate]]
+
+
+@dataclass
+class _Job:
+    query: int  # request index
+    slot: int  # the window's place in what its plan asked for
+    window: Window
+    prompt: Prompt
+    key: str
+
+
+class _Drive:
+    """The state of one `rerank_batch`: each query's plan, the windows waiting for a call, the calls in
+    flight (ListwiseReranker._drive says how they are scheduled)."""
+
+    def __init__(self, reranker: ListwiseReranker, requests, traces, bar):
+        self.r, self.requests, self.traces, self.bar = reranker, requests, traces, bar
+        self.plans = {i: reranker._plan(request) for i, request in enumerate(requests)}
+        self.asked: dict[int, list[Window]] = {}
+        self.answers: dict[int, list[WindowTrace | None]] = {}
+        self.finals: dict[int, list[Candidate]] = {}
+        self.queue: deque[_Job] = deque()
+
+    def advance(self, i: int, answer: list[WindowTrace] | None) -> None:
+        """Give query i its answers; render what it asks next, answering from the journal what it can."""
+        while True:
+            plan = self.plans[i]
+            try:
+                windows = plan.send(answer) if answer is not None else next(plan)
+            except StopIteration as stop:
+                self.finals[i] = stop.value
+                del self.plans[i]
+                return
+            self.asked[i], self.answers[i] = windows, [None] * len(windows)
+            query = self.requests[i].query
+            for n, window in enumerate(windows):
+                prompt = self.r.renderer.render(query.text, window.candidates)
+                key = self.r._key(prompt)
+                done = self.r._lookup(key)
+                if done is None:
+                    self.queue.append(_Job(i, n, window, prompt, key))
+                    continue
+                trace = WindowTrace(query.qid, window.pass_index, window.start, window.end, key, permutation=done.order,
+                                    status=done.status, docids=[c.docid for c in window.candidates], method=self.r.method,
+                                    role=window.role)
+                self._answer(i, n, trace, resumed=True)
+            if any(t is None for t in self.answers[i]):
+                return
+            answer = self._complete(i)
+
+    def _answer(self, i: int, n: int, trace: WindowTrace, resumed: bool) -> None:
+        self.answers[i][n] = trace
+        with self.r._stats_lock:
+            self.r.stats.add(trace, resumed)
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def _complete(self, i: int) -> list[WindowTrace]:
+        answer = self.answers.pop(i)
+        del self.asked[i]
+        self.traces[i].extend(answer)  # in the order the plan asked, whichever call returned first
+        return answer
+
+    def run(self) -> None:
+        slots = max(1, self.r.backend.capabilities.concurrency)
+        if slots == 1:
+            while self.queue:
+                jobs = self._take(1)
+                self._done(jobs, self.r._call([j.prompt for j in jobs], [len(j.window.candidates) for j in jobs]))
+            return
+        pool = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="reasonrank-call")
+        running: dict = {}
+        try:
+            while self.queue or running:
+                while self.queue and len(running) < slots:
+                    jobs = self._take(slots - len(running))
+                    running[pool.submit(self.r._call, [j.prompt for j in jobs], [len(j.window.candidates) for j in jobs])] = jobs
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    self._done(running.pop(future), future.result())
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _take(self, free: int) -> list[_Job]:
+        """The windows of the next call: the engine's batch size, else every window ready when one call
+        runs at a time (a vLLM batch), else one (a server's calls run side by side)."""
+        size = self.r.backend.capabilities.batch_size or (len(self.queue) if free == 1 and self.r.backend.capabilities.concurrency == 1 else 1)
+        return [self.queue.popleft() for _ in range(min(size, len(self.queue)))]
+
+    def _done(self, jobs: list[_Job], results: list[tuple[Generation, Forced | None]]) -> None:
+        r = self.r
+        for job, (gen, forced) in zip(jobs, results):
+            w = job.window
+            trace = r._trace(self.requests[job.query].query.qid, w.pass_index, w.start, w.end, w.candidates, job.prompt,
+                             job.key, gen, role=w.role, forced=forced)
+            r.journal.record(trace)
+            self._answer(job.query, job.slot, trace, resumed=False)
+            if all(t is not None for t in self.answers[job.query]):
+                self.advance(job.query, self._complete(job.query))
+        if self.bar is not None:
+            s = r.stats
+            self.bar.set_postfix(tok_s=f"{(s.prompt_tokens + s.completion_tokens) / max(s.model_seconds, 1e-9):.0f}",
+                                 gen_tok_s=f"{s.completion_tokens / max(s.model_seconds, 1e-9):.1f}", **dict(s.status))

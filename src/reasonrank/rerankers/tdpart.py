@@ -34,11 +34,10 @@ contiguous), so a killed run resumes and the report replays it.
 
 from __future__ import annotations
 
-import time
-from typing import Generator, Sequence
+from typing import Generator
 
-from reasonrank.rerankers.listwise import ListwiseReranker, _with_rank_scores
-from reasonrank.types import Candidate, Request, Result, WindowTrace
+from reasonrank.rerankers.listwise import ListwiseReranker, Plan as ListPlan, Window
+from reasonrank.types import Candidate, Request, WindowTrace
 
 FIRST, PARTITION, RECURSION = "first", "partition", "recursion"
 
@@ -116,60 +115,18 @@ class TopDownPartitionReranker(ListwiseReranker):
         del settings["step"], settings["passes"]
         return {**settings, "pivot": self.k}
 
-    def rerank_batch(self, requests: Sequence[Request]) -> list[Result]:
-        started = time.perf_counter()
-        traces: list[list[WindowTrace]] = [[] for _ in requests]
-        heads = [list(r.candidates[:self.top_k]) for r in requests]
-        plans = {i: partition_plan(head, self.k, self.window) for i, head in enumerate(heads)}
-        finals: dict[int, list[Candidate]] = {}
-        wanted = {}
-        for i, plan in plans.items():
-            self._advance(i, plan, None, wanted, finals)
-        while wanted:
-            jobs = [(i, role, window) for i, windows in wanted.items() for role, window in windows]
-            done = self._run_windows(requests, jobs, traces)
-            answers: dict[int, list[WindowTrace]] = {}
-            for (i, _, _), trace in zip(jobs, done):
-                answers.setdefault(i, []).append(trace)
-            current, wanted = wanted, {}
-            for i in current:
-                self._advance(i, plans[i], answers[i], wanted, finals)
-        self._finish(len(requests), started)
-        return [Result(r.query, _with_rank_scores(finals.get(i, heads[i]) + list(r.candidates[self.top_k:])), traces[i])
-                for i, r in enumerate(requests)]
-
-    @staticmethod
-    def _advance(i, plan: Plan, answer, wanted: dict, finals: dict) -> None:
+    def _plan(self, request: Request) -> ListPlan:
+        """partition_plan over the reranked depth, as the driver's windows; the rest keep their order below."""
+        head, tail = list(request.candidates[:self.top_k]), list(request.candidates[self.top_k:])
+        if not head:
+            return tail
+        plan, answer = partition_plan(head, self.k, self.window), None
         try:
-            windows = plan.send(answer) if answer is not None else next(plan)
+            while True:
+                asked = plan.send(answer) if answer is not None else next(plan)
+                answer = yield [Window(window, role=role) for role, window in asked]
         except StopIteration as stop:
-            finals[i] = stop.value
-        else:
-            wanted[i] = windows
+            return [*stop.value, *tail]
 
-    def _run_windows(self, requests, jobs, traces) -> list[WindowTrace]:
-        """One trace per (query index, role, window), in order: from the journal, else from one
-        backend batch (in chunks of the engine's batch size, so the journal advances per chunk)."""
-        out: list[WindowTrace | None] = [None] * len(jobs)
-        pending = []
-        for n, (i, role, window) in enumerate(jobs):
-            prompt = self.renderer.render(requests[i].query.text, window)
-            key = self._key(prompt)
-            done = self._lookup(key)
-            if done is not None:
-                out[n] = WindowTrace(requests[i].query.qid, 0, None, None, key, permutation=done.order, status=done.status,
-                                     docids=[c.docid for c in window], method=self.method, role=role)
-                with self._stats_lock:
-                    self.stats.add(out[n], resumed=True)
-            else:
-                pending.append((n, i, role, window, prompt, key))
-        for (n, i, role, window, prompt, key), gen, forced in self._generate(pending, 4, lambda job: len(job[3])):
-            trace = self._trace(requests[i].query.qid, 0, None, None, window, prompt, key, gen, role=role, forced=forced)
-            self.journal.record(trace)
-            with self._stats_lock:
-                self.stats.add(trace, resumed=False)
-            out[n] = trace
-        for (i, _, _), trace in zip(jobs, out):
-            traces[i].append(trace)
-        return out
-
+    def _expected_windows(self, request: Request) -> None:
+        return None  # how many windows depends on how many candidates beat the pivot
