@@ -13,7 +13,8 @@ def test_none_means_the_methods_default_and_resolved_fills_it():
         "model": None, "backend": None, "backend_options": {}, "lora": None, "tokenizer": None, "mode": None, "method": "sliding",
         "top_k": 100, "window": 20, "step": 10, "passes": 1, "pivot": None, "max_new_tokens": 3172, "max_passage_tokens": 512,
         "journal": None, "journal_policy": "resume", "progress": False, "score_mode": "rank", "blend_weight": 0.6, "min_score": None,
-        "reasoning_budget": 3072, "answer_budget": 100, "effort": None, "on_truncation": "force", "thinking": None}
+        "reasoning_budget": 3072, "answer_budget": 100, "effort": None, "on_truncation": "force", "thinking": None,
+        "ray": None, "replicas": None, "gpus_per_replica": None, "cpus_per_replica": None}
     tdpart = RerankerSpec(method="tdpart", window=8).resolved("scifact")
     assert (tdpart.window, tdpart.pivot, tdpart.step, tdpart.max_passage_tokens) == (8, 4, None, 100)
     assert RerankerSpec(window=4).resolved().step == 2

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import deque
+
 import json
 import sys
 import time
@@ -161,38 +163,43 @@ def rerank(
     task: Optional[str] = typer.Option(None, "--task", "-t"),
     split: str = typer.Option("test"),
     queries: Optional[int] = typer.Option(None, "--queries", "-n", help="Only the first N queries of the run."),
-    batch_size: int = typer.Option(0, help="Queries stepped together (0: all); windows at one step form one backend batch."),
+    batch_size: int = typer.Option(256, help="Queries held at once (0: all): their windows run side by side, and each "
+                                   "query's result is written as soon as it and those before it are done."),
     report: Optional[Path] = typer.Option(None, "--report", help="Also write the run's HTML report here (see reasonrank report)."),
     spec: RerankerSpec = None,
 ):
-    """Rerank a first-stage run with a reasoning model; evaluates when qrels exist. Exits 1 when windows failed."""
-    from reasonrank.io import load_collection, read_run, write_run
-    from reasonrank.rerankers import requests_from_run, results_to_run
+    """Rerank a first-stage run with a reasoning model; evaluates when qrels exist. Exits 1 when windows failed.
+
+    The run is streamed: queries are read, reranked and written a bounded group at a time (--batch-size), and
+    documents come from an on-disk store built once per corpus, so memory does not grow with the run or the
+    corpus. The output appears when the run is complete; with --traces a killed run resumes."""
+    from reasonrank.io import load_collection, read_run, run_writer
+    from reasonrank.rerankers import iter_requests
     from reasonrank.scoring import score_results
     from reasonrank.spec import build
 
     coll = load_collection(collection, task=task, split=split)
-    first_stage = read_run(run)
-    qids = [q for q in first_stage][:queries] if queries else None
-    requests = requests_from_run(coll, first_stage, qids, depth=None)
+    requests = iter_requests(coll, run, limit=queries)
     reranker = build(spec.replace(progress=True), collection=coll.name)
-    results = []
-    size = batch_size or len(requests) or 1
+    # windows for the report when no journal holds them (in memory: a report of a long run wants --traces)
+    windows = None if reranker.spec.journal or report is None else []
     try:
-        for i in range(0, len(requests), size):
-            results += reranker.rerank_batch(requests[i:i + size])
+        with run_writer(output, tag="reasonrank") as write:
+            for request, result in _zip_requests(requests, reranker, batch_size or None):
+                # the scores every face reports (reasonrank.scoring): the spec's score_mode over the run file's first-stage scores
+                (scored,) = score_results(reranker.spec, [request], [result])
+                write(scored.query.qid, {c.docid: c.score for c in scored.candidates})
+                if windows is not None:
+                    windows += result.traces
     finally:
         reranker.close()
-    # the scores every face reports (reasonrank.scoring): the spec's score_mode over the run file's first-stage scores
-    reranked = results_to_run(score_results(reranker.spec, requests, results))
-    write_run(output, reranked, tag="reasonrank")
     console.print(f"wrote {output}")
     if report is not None:
         from reasonrank.report import run_settings, write_report
 
         # the journal holds every window whole (resumed ones too); in memory a resumed window keeps only its answer
-        windows = reranker.spec.journal or [t for r in results for t in r.traces]
-        page = write_report(windows, report, collection=coll, first_stage=first_stage, reranked=reranked,
+        reranked, first_stage = read_run(output), read_run(run)
+        page = write_report(reranker.spec.journal or windows, report, collection=coll, first_stage=first_stage, reranked=reranked,
                             settings=run_settings(reranker))
         console.print(f"report: {page}")
     stats = reranker.stats.to_dict()
@@ -201,11 +208,25 @@ def rerank(
         from reasonrank.evaluation import evaluate as run_eval, format_table
 
         names = ["nDCG@10", "Recall@10"]
+        reranked, first_stage = read_run(output), read_run(run)  # read back: the reranking held one group at a time
         before = {q: first_stage[q] for q in reranked}
         rows = {"first stage": run_eval(before, coll.qrels(), names, coll.excluded()).aggregate,
                 "reranked": run_eval(reranked, coll.qrels(), names, coll.excluded()).aggregate}
         print(format_table(rows, names, average=False))
     _fail_on_failed_windows(stats, reranker.spec.journal)
+
+
+def _zip_requests(requests, reranker, active: int | None):
+    """(request, result) pairs as rerank_stream finishes them, the requests streamed once."""
+    held = deque()
+
+    def feed():
+        for request in requests:
+            held.append(request)
+            yield request
+
+    for result in reranker.rerank_stream(feed(), active=active):
+        yield held.popleft(), result
 
 
 @app.command()

@@ -93,6 +93,13 @@ class RerankerSpec:
     score_mode: str = "rank"  # what every face reports as a score: rank (1 / (rank + 1)) or blend (reasonrank.scoring)
     blend_weight: float = 0.6  # blend: the reranker's weight; the first stage's score gets 1 - blend_weight
     min_score: Optional[float] = None  # results scoring below it are dropped (after scoring); None: keep all
+    # A Ray cluster (reasonrank.backends.replicas): `local` (start one for this run), `auto` (the one this
+    # machine joined with `ray start`) or HOST:PORT; the model then runs as `replicas` Ray actors, each
+    # with its own engine, and this process drives them. None: the engine runs in this process.
+    ray: Optional[str] = None
+    replicas: Optional[int] = None  # model replicas on the cluster (default 1)
+    gpus_per_replica: Optional[float] = None  # GPUs each replica reserves (default 0; >1: tensor parallel in a placement group)
+    cpus_per_replica: Optional[float] = None  # CPUs each replica reserves (default 1; llama.cpp's threads unless --threads)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "backend_options", dict(self.backend_options or {}))
@@ -118,6 +125,7 @@ class RerankerSpec:
         value = self.max_passage_tokens
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
             raise ConfigError(f"max_passage_tokens must be an integer >= 0 (0: whole passages), got {value!r}")
+        _check_ray_fields(self)
         from reasonrank.scoring import check_scoring
 
         try:
@@ -201,6 +209,27 @@ class RerankerSpec:
 
 
 SPEC_FIELDS = tuple(f.name for f in dataclasses.fields(RerankerSpec))
+
+
+RAY_FIELDS = ("replicas", "gpus_per_replica", "cpus_per_replica")
+
+
+def _check_ray_fields(spec: RerankerSpec) -> None:
+    if spec.ray is None:
+        given = [name for name in RAY_FIELDS if getattr(spec, name) is not None]
+        if given:
+            raise ConfigError(f"{', '.join(given)}: settings of a Ray run; give --ray too (local, auto or HOST:PORT)")
+        return
+    if not isinstance(spec.ray, str) or not spec.ray.strip():
+        raise ConfigError(f"ray must be local, auto or HOST:PORT, got {spec.ray!r}")
+    if spec.replicas is not None and (isinstance(spec.replicas, bool) or not isinstance(spec.replicas, int) or spec.replicas < 1):
+        raise ConfigError(f"replicas must be an integer >= 1, got {spec.replicas!r}")
+    for name in ("gpus_per_replica", "cpus_per_replica"):
+        value = getattr(spec, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+            raise ConfigError(f"{name} must be a number >= 0, got {value!r}")
+    if spec.gpus_per_replica and spec.gpus_per_replica > 1 and spec.gpus_per_replica != int(spec.gpus_per_replica):
+        raise ConfigError(f"gpus_per_replica above 1 is tensor parallel: a whole number of GPUs, got {spec.gpus_per_replica}")
 
 
 def _check_budget_fields(spec: RerankerSpec) -> None:
@@ -316,8 +345,14 @@ def rebuild(reranker, **changes):
 
 
 def load_backend(spec: RerankerSpec):
-    """The engine of a spec, loaded (the model's weights, or a client of its server)."""
+    """The engine of a spec, loaded (the model's weights, or a client of its server; with `ray`, its
+    replicas on the cluster, reasonrank.backends.replicas)."""
     from reasonrank.backends.factory import get_backend
+
+    if spec.ray is not None:
+        from reasonrank.backends.replicas import replicas_for
+
+        return replicas_for(spec)
 
     options = dict(spec.backend_options)
     if spec.lora:
@@ -475,6 +510,10 @@ def _options() -> list[_Option]:
         _Option("score_mode", str, "rank", ("--score-mode",), "Scores written and returned: rank (1/(rank+1) of the reranked order) or blend (blend_weight x rerank position + the rest x the min-max normalised first-stage score, re-sorted)."),
         _Option("blend_weight", float, 0.6, ("--blend-weight",), "--score-mode blend: the reranker's weight (0..1; the first stage gets the rest)."),
         _Option("min_score", Optional[float], None, ("--min-score",), "Drop results scoring below this (after scoring; rank mode: 0.2 keeps the top 5)."),
+        _Option("ray", Optional[str], None, ("--ray",), "Run the model as replicas on a Ray cluster: local (start one for this run), auto (the cluster `ray start` joined) or HOST:PORT (README: Ray)."),
+        _Option("replicas", Optional[int], None, ("--replicas",), "--ray: model replicas, each a Ray actor with its own engine (default 1)."),
+        _Option("gpus_per_replica", Optional[float], None, ("--gpus-per-replica",), "--ray: GPUs each replica reserves (default 0; above 1: tensor parallel in a placement group, vLLM)."),
+        _Option("cpus_per_replica", Optional[float], None, ("--cpus-per-replica",), "--ray: CPUs each replica reserves (default 1; llama.cpp's threads unless --threads)."),
         _Option("base_url", Optional[List[str]], None, ("--base-url",), "OpenAI-compatible server URL ending in /v1 (repeat to balance)."),
         _Option("api_key_file", Optional[Path], None, ("--api-key-file",), "File holding the server's API key (else OPENAI_API_KEY)."),
         _Option("threads", Optional[int], None, ("--threads",), "CPU threads for llama.cpp (default: the idle CPUs)."),

@@ -223,6 +223,7 @@ class LlamaCppBackend:
         recorder = _StepRecorder(self.logprob_steps, self.logprobs) if self.logprobs else None
         try:
             with self._lock:
+                self._align_cache(ids)
                 out = self._llm.create_completion(
                     prompt=ids,
                     max_tokens=max_new,
@@ -244,6 +245,30 @@ class LlamaCppBackend:
         if recorder is not None:
             gen.top_logprobs = [self._step_dict(top) for top, _, _ in recorder.records]
         return gen
+
+    def _align_cache(self, ids: list[int]) -> None:
+        """Keep only the cached prefix that ends on a multiple of n_batch (call with the lock held).
+
+        llama-cpp-python reuses the longest cached prefix a prompt shares with the last call and
+        evaluates the rest in n_batch chunks from there; chunks of other sizes give other floating-point
+        sums, so a window's answer would depend on which prompt ran before it on this engine (measured:
+        the same SciFact window answered `[1] > [2] > [3]` after one prompt, `[1] > [3] > [4]` after
+        another). Cut at a chunk boundary, the rest is evaluated in the very chunks a fresh engine
+        uses: answers are the same in any order, on any replica, resumed or not (the forced answer,
+        which always follows its own window, still reuses that window's prompt)."""
+        llm = self._llm
+        cached = llm.n_tokens
+        if cached == 0:
+            return
+        common = 0
+        for a, b in zip(llm._input_ids, ids):
+            if a != b:
+                break
+            common += 1
+        keep = (min(common, len(ids) - 1) // llm.n_batch) * llm.n_batch
+        if keep < cached:
+            llm._ctx.kv_cache_seq_rm(-1, keep, -1)
+            llm.n_tokens = keep
 
     def _sampling_kwargs(self, params: SamplingParams) -> dict:
         kwargs = {
@@ -288,6 +313,7 @@ class LlamaCppBackend:
             recorder = _StepRecorder(1, top_k, watch_ids=list(cand_ids.values()))
             try:
                 with self._lock:
+                    self._align_cache(ids)
                     self._llm.create_completion(prompt=ids, max_tokens=1, temperature=0.0, top_k=0, min_p=0.0,
                                                 repeat_penalty=1.0, logits_processor=[recorder])
             except Exception as exc:  # noqa: BLE001

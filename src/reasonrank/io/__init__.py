@@ -4,7 +4,7 @@ from reasonrank.io.collection import Collection, UnknownCollection
 from reasonrank.io.common import open_text, read_jsonl
 from reasonrank.io.load import load_collection
 from reasonrank.io.qrels import read_qrels, write_qrels
-from reasonrank.io.trec import read_run, write_run
+from reasonrank.io.trec import iter_run_queries, read_run, run_writer, write_run
 
 __all__ = [
     "Collection",
@@ -13,7 +13,9 @@ __all__ = [
     "open_text",
     "read_jsonl",
     "read_qrels",
+    "iter_run_queries",
     "read_run",
+    "run_writer",
     "write_qrels",
     "write_run",
 ]

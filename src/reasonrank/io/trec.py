@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Callable, Iterator, Mapping
 
 from reasonrank.errors import FormatError
 from reasonrank.io.common import lines, open_text
@@ -12,7 +14,7 @@ from reasonrank.io.qrels import Qrels, check_id, iter_qrels, read_qrels, write_q
 
 Run = dict[str, dict[str, float]]  # qid -> docid -> score, each query in file order
 
-__all__ = ["Qrels", "Run", "iter_qrels", "iter_run", "iter_run_queries", "ranked", "read_qrels", "read_run", "write_qrels", "write_run"]
+__all__ = ["Qrels", "Run", "iter_qrels", "iter_run", "run_writer", "iter_run_queries", "ranked", "read_qrels", "read_run", "write_qrels", "write_run"]
 
 
 def split_run_line(path, lineno: int, line: str) -> tuple[str, str, str, str]:
@@ -105,6 +107,25 @@ def check_run(path, run: Mapping[str, Mapping[str, float]], tag: str) -> None:
         check_id(path, "query id", str(qid), inner_spaces=False)
         for docid in docs:
             check_id(path, "doc id", str(docid))
+
+
+@contextlib.contextmanager
+def run_writer(path: str | Path, tag: str = "reasonrank") -> Iterator[Callable[[str, Mapping[str, float]], None]]:
+    """`write(qid, {docid: score})` one query at a time, so a long run is never held whole. Written to
+    `<path>.partial` and moved into place when the block ends without error: a run file that exists
+    is complete (a killed run leaves only the .partial, which its rerun replaces)."""
+    path = Path(path)
+    check_id(path, "run tag", tag, inner_spaces=False)
+    partial = path.with_name(path.name + ".partial" + (".gz" if path.suffix == ".gz" else ""))  # still gzip by name
+    with open_text(partial, "wt") as fh:
+
+        def write(qid: str, docs: Mapping[str, float]) -> None:
+            check_run(path, {qid: docs}, tag)
+            for rank, (docid, score) in enumerate(ranked(docs), 1):
+                fh.write(f"{qid} Q0 {docid} {rank} {score:.6f} {tag}\n")
+
+        yield write
+    os.replace(partial, path)
 
 
 def write_run(path: str | Path, run: Mapping[str, Mapping[str, float]], tag: str = "reasonrank") -> None:

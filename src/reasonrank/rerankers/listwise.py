@@ -11,7 +11,7 @@ import time
 from collections import Counter, deque
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Generator, Sequence
+from typing import Generator, Iterable, Iterator, Sequence
 
 from reasonrank.backends.base import ANSWER_BUDGET, Backend, Generation, SamplingParams
 from reasonrank.journal import Entry, Journal
@@ -271,14 +271,14 @@ class ListwiseReranker:
         return len(self._schedule(len(request.candidates)))
 
     def rerank_batch(self, requests: Sequence[Request]) -> list[Result]:
-        started = time.perf_counter()
-        traces: list[list[WindowTrace]] = [[] for _ in requests]
-        orders = self._drive(requests, traces)
-        self._finish(len(requests), started)
-        return [Result(r.query, _with_rank_scores(order), t) for r, order, t in zip(requests, orders, traces)]
+        expected = [self._expected_windows(r) for r in requests]
+        return list(self.rerank_stream(requests, active=None, total_windows=None if None in expected else sum(expected)))
 
-    def _drive(self, requests: Sequence[Request], traces: list[list[WindowTrace]]) -> list[list[Candidate]]:
-        """Run every query's plan to its end; the final orders, in request order.
+    def rerank_stream(self, requests: Iterable[Request], active: int | None = 256,
+                      total_windows: int | None = None) -> Iterator[Result]:
+        """Results of `requests` (any iterable, read lazily), in request order, each as soon as it and
+        those before it are done: at most `active` queries are held at once (being reranked, or done and
+        waiting for an earlier one), so memory does not grow with the number of queries. None: all.
 
         No step barrier: a query's next windows are rendered and sent as soon as its last ones return,
         whatever the other queries are doing, so a slow window holds up only its own query. Engines that
@@ -286,16 +286,15 @@ class ListwiseReranker:
         calls in flight, refilled as each returns; the others get one call at a time holding every
         window ready (a vLLM batch) or their batch size of them (llama.cpp: one). Windows the journal
         holds are answered from it without a call. Journal, stats and progress advance per call."""
-        expected = [self._expected_windows(r) for r in requests]
-        drive = _Drive(self, requests, traces, _progress(None if None in expected else sum(expected), self.progress))
+        if active is not None and active < 1:
+            raise ValueError(f"active must be >= 1, got {active}")
+        started, done = time.perf_counter(), 0
         try:
-            for i in range(len(requests)):
-                drive.advance(i, None)
-            drive.run()
+            for request, order, traces in _Drive(self, iter(requests), active, _progress(total_windows, self.progress)).stream():
+                done += 1
+                yield Result(request.query, _with_rank_scores(order), traces)
         finally:
-            if drive.bar is not None:
-                drive.bar.close()
-        return [drive.finals[i] for i in range(len(requests))]
+            self._finish(done, started)
 
     def _finish(self, queries: int, started: float) -> None:
         with self._stats_lock:
@@ -402,16 +401,64 @@ class _Job:
 
 
 class _Drive:
-    """The state of one `rerank_batch`: each query's plan, the windows waiting for a call, the calls in
-    flight (ListwiseReranker._drive says how they are scheduled)."""
+    """The state of one rerank_stream: the queries admitted, each one's plan, the windows waiting for a
+    call, the calls in flight (ListwiseReranker.rerank_stream says how they are scheduled)."""
 
-    def __init__(self, reranker: ListwiseReranker, requests, traces, bar):
-        self.r, self.requests, self.traces, self.bar = reranker, requests, traces, bar
-        self.plans = {i: reranker._plan(request) for i, request in enumerate(requests)}
-        self.asked: dict[int, list[Window]] = {}
+    def __init__(self, reranker: ListwiseReranker, requests: Iterator[Request], active: int | None, bar):
+        self.r, self.incoming, self.active, self.bar = reranker, requests, active, bar
+        self.requests: dict[int, Request] = {}  # admitted and not yet yielded
+        self.traces: dict[int, list[WindowTrace]] = {}
+        self.plans: dict[int, Plan] = {}
         self.answers: dict[int, list[WindowTrace | None]] = {}
         self.finals: dict[int, list[Candidate]] = {}
         self.queue: deque[_Job] = deque()
+        self.admitted = self.emitted = 0
+
+    def stream(self) -> Iterator[tuple[Request, list[Candidate], list[WindowTrace]]]:
+        slots = max(1, self.r.backend.capabilities.concurrency)
+        pool = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="reasonrank-call") if slots > 1 else None
+        running: dict = {}
+        try:
+            while True:
+                yield from self._ready()
+                if not self.queue and not running:
+                    return
+                if pool is None:
+                    jobs = self._take(1)
+                    self._done(jobs, self.r._call([j.prompt for j in jobs], [len(j.window.candidates) for j in jobs]))
+                    continue
+                while self.queue and len(running) < slots:
+                    jobs = self._take(slots - len(running))
+                    running[pool.submit(self.r._call, [j.prompt for j in jobs], [len(j.window.candidates) for j in jobs])] = jobs
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    self._done(running.pop(future), future.result())
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+            if self.bar is not None:
+                self.bar.close()
+
+    def _ready(self) -> Iterator[tuple[Request, list[Candidate], list[WindowTrace]]]:
+        """Admit queries while fewer than `active` are held; yield the finished ones in request order."""
+        while True:
+            while (self.active is None or len(self.requests) < self.active) and self._admit():
+                pass
+            if self.emitted not in self.finals:
+                return
+            i = self.emitted
+            self.emitted += 1
+            yield self.requests.pop(i), self.finals.pop(i), self.traces.pop(i)
+
+    def _admit(self) -> bool:
+        request = next(self.incoming, None)
+        if request is None:
+            return False
+        i = self.admitted
+        self.admitted += 1
+        self.requests[i], self.traces[i], self.plans[i] = request, [], self.r._plan(request)
+        self.advance(i, None)
+        return True
 
     def advance(self, i: int, answer: list[WindowTrace] | None) -> None:
         """Give query i its answers; render what it asks next, answering from the journal what it can."""
@@ -423,7 +470,7 @@ class _Drive:
                 self.finals[i] = stop.value
                 del self.plans[i]
                 return
-            self.asked[i], self.answers[i] = windows, [None] * len(windows)
+            self.answers[i] = [None] * len(windows)
             query = self.requests[i].query
             for n, window in enumerate(windows):
                 prompt = self.r.renderer.render(query.text, window.candidates)
@@ -449,34 +496,14 @@ class _Drive:
 
     def _complete(self, i: int) -> list[WindowTrace]:
         answer = self.answers.pop(i)
-        del self.asked[i]
         self.traces[i].extend(answer)  # in the order the plan asked, whichever call returned first
         return answer
-
-    def run(self) -> None:
-        slots = max(1, self.r.backend.capabilities.concurrency)
-        if slots == 1:
-            while self.queue:
-                jobs = self._take(1)
-                self._done(jobs, self.r._call([j.prompt for j in jobs], [len(j.window.candidates) for j in jobs]))
-            return
-        pool = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="reasonrank-call")
-        running: dict = {}
-        try:
-            while self.queue or running:
-                while self.queue and len(running) < slots:
-                    jobs = self._take(slots - len(running))
-                    running[pool.submit(self.r._call, [j.prompt for j in jobs], [len(j.window.candidates) for j in jobs])] = jobs
-                finished, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    self._done(running.pop(future), future.result())
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
 
     def _take(self, free: int) -> list[_Job]:
         """The windows of the next call: the engine's batch size, else every window ready when one call
         runs at a time (a vLLM batch), else one (a server's calls run side by side)."""
-        size = self.r.backend.capabilities.batch_size or (len(self.queue) if free == 1 and self.r.backend.capabilities.concurrency == 1 else 1)
+        caps = self.r.backend.capabilities
+        size = caps.batch_size or (len(self.queue) if free == 1 and caps.concurrency == 1 else 1)
         return [self.queue.popleft() for _ in range(min(size, len(self.queue)))]
 
     def _done(self, jobs: list[_Job], results: list[tuple[Generation, Forced | None]]) -> None:

@@ -56,7 +56,7 @@ import math
 import re
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -318,6 +318,18 @@ class PointwiseReranker:
         if isinstance(query, str):
             query = Query("q", query)
         return self.rerank_batch([Request(query, list(candidates))])[0]
+
+    def rerank_stream(self, requests: Iterable[Request], active: int | None = 256, total_windows: int | None = None) -> Iterator[Result]:
+        """Results of `requests` (read lazily) in order, `active` queries judged together (None: all);
+        ListwiseReranker.rerank_stream's signature. Judgements have no order between them to wait for."""
+        group: list[Request] = []
+        for request in requests:
+            group.append(request)
+            if active is not None and len(group) >= active:
+                yield from self.rerank_batch(group)
+                group = []
+        if group:
+            yield from self.rerank_batch(group)
 
     def rerank_batch(self, requests: Sequence[Request]) -> list[Result]:
         started = time.perf_counter()
