@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections import deque
-
 import json
 import sys
 import time
@@ -173,24 +171,17 @@ def rerank(
     The run is streamed: queries are read, reranked and written a bounded group at a time (--batch-size), and
     documents come from an on-disk store built once per corpus, so memory does not grow with the run or the
     corpus. The output appears when the run is complete; with --traces a killed run resumes."""
-    from reasonrank.io import load_collection, read_run, run_writer
-    from reasonrank.rerankers import iter_requests
-    from reasonrank.scoring import score_results
+    from reasonrank.io import load_collection, read_run
+    from reasonrank.runs import rerank_run
     from reasonrank.spec import build
 
     coll = load_collection(collection, task=task, split=split)
-    requests = iter_requests(coll, run, limit=queries)
     reranker = build(spec.replace(progress=True), collection=coll.name)
     # windows for the report when no journal holds them (in memory: a report of a long run wants --traces)
     windows = None if reranker.spec.journal or report is None else []
     try:
-        with run_writer(output, tag="reasonrank") as write:
-            for request, result in _zip_requests(requests, reranker, batch_size or None):
-                # the scores every face reports (reasonrank.scoring): the spec's score_mode over the run file's first-stage scores
-                (scored,) = score_results(reranker.spec, [request], [result])
-                write(scored.query.qid, {c.docid: c.score for c in scored.candidates})
-                if windows is not None:
-                    windows += result.traces
+        rerank_run(coll, run, output, queries=queries, active=batch_size or None, reranker=reranker,
+                   on_result=None if windows is None else lambda request, result: windows.extend(result.traces))
     finally:
         reranker.close()
     console.print(f"wrote {output}")
@@ -198,9 +189,8 @@ def rerank(
         from reasonrank.report import run_settings, write_report
 
         # the journal holds every window whole (resumed ones too); in memory a resumed window keeps only its answer
-        reranked, first_stage = read_run(output), read_run(run)
-        page = write_report(reranker.spec.journal or windows, report, collection=coll, first_stage=first_stage, reranked=reranked,
-                            settings=run_settings(reranker))
+        page = write_report(reranker.spec.journal or windows, report, collection=coll, first_stage=read_run(run),
+                            reranked=read_run(output), settings=run_settings(reranker))
         console.print(f"report: {page}")
     stats = reranker.stats.to_dict()
     _print_summary(stats)
@@ -214,19 +204,6 @@ def rerank(
                 "reranked": run_eval(reranked, coll.qrels(), names, coll.excluded()).aggregate}
         print(format_table(rows, names, average=False))
     _fail_on_failed_windows(stats, reranker.spec.journal)
-
-
-def _zip_requests(requests, reranker, active: int | None):
-    """(request, result) pairs as rerank_stream finishes them, the requests streamed once."""
-    held = deque()
-
-    def feed():
-        for request in requests:
-            held.append(request)
-            yield request
-
-    for result in reranker.rerank_stream(feed(), active=active):
-        yield held.popleft(), result
 
 
 @app.command()
