@@ -138,3 +138,89 @@ def vllm_server(vllm_env, tiny_qwen2_h128, tmp_path_factory):
     log = tmp_path_factory.mktemp("vllm-server") / "server.log"
     with vllm_api_server(tiny_qwen2_h128, "tiny-vllm", VLLM_TEST_OPTIONS, log, env=vllm_subprocess_env()) as base_url:
         yield base_url
+
+
+# -- a real local Ray cluster (the `ray` extra) ------------------------------------------------------------
+
+class RayCluster:
+    """One Ray head for the session (see the `ray_cluster` fixture): `address` to pass to --ray, `env` for the
+    processes that join it (its auth token), `replica_pids()` for the model replicas running on it now."""
+
+    def __init__(self, address: str, env: dict, session: int):
+        self.address, self.env, self.session = address, env, session
+
+    def replica_pids(self) -> list[int]:
+        import psutil
+
+        return sorted(p.pid for p in psutil.process_iter(["cmdline"]) if (p.info["cmdline"] or [""])[0].startswith("ray::Replica"))
+
+    def processes(self) -> list[int]:
+        """Every process of the cluster's session (the head, its raylet and agents, workers)."""
+        return _session_processes(self.session)
+
+
+def _session_processes(sid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid:  # after the name: state, ppid, pgrp, session
+            out.append(int(stat.parent.name))
+    return out
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory):
+    """A real Ray head on this machine for the session: 2 CPUs, a 100 MB object store, no dashboard, token
+    auth on (a token generated into a temporary HOME, given to joining processes by RAY_AUTH_TOKEN_PATH).
+    Started as `ray start --head --block` in a session of its own; at the end it is stopped and every
+    process of that session is killed, so nothing is left running."""
+    pytest.importorskip("ray", reason="the ray extra is not installed")
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    home = tmp_path_factory.mktemp("ray-home")
+    bin_dir = Path(sys.executable).parent
+    env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(home / ".ray" / "auth_token"), "RAY_USAGE_STATS_ENABLED": "0"}
+    subprocess.run([str(bin_dir / "ray"), "get-auth-token", "--generate"], env={**os.environ, "HOME": str(home)}, check=True,
+                   capture_output=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = open(home / "head.log", "w")
+    head = subprocess.Popen([str(bin_dir / "ray"), "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
+                             "--object-store-memory=100000000", "--include-dashboard=false", "--disable-usage-stats"],
+                            env={**os.environ, **env, "HOME": str(home)}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while "Ray runtime started" not in (home / "head.log").read_text():
+        if head.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"ray start failed:\n{(home / 'head.log').read_text()[-3000:]}")
+        time.sleep(0.5)
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # drivers this test process starts join with the token
+    cluster = RayCluster(f"127.0.0.1:{port}", env, head.pid)
+    try:
+        yield cluster
+    finally:
+        head.send_signal(signal.SIGTERM)
+        try:
+            head.wait(60)
+        except subprocess.TimeoutExpired:
+            pass
+        for pid in _session_processes(head.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        log.close()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

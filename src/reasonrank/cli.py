@@ -137,7 +137,9 @@ def _print_summary(stats: dict) -> None:
         f"generated tokens/query {stats['completion_tokens_per_query']:.0f}; framework overhead {stats['overhead_share']:.1%} of wall time"
         + (f"\non truncation: {stats['on_truncation']}; forced answers {stats['forced_calls']} ({stats['forced_windows']} gave an order; "
            f"{stats['forced_completion_tokens']} generated tokens, {stats['forced_seconds']:.1f} s, included above)"
-           if stats.get("forced_calls") else f"\non truncation: {stats['on_truncation']}" if "on_truncation" in stats else ""),
+           if stats.get("forced_calls") else f"\non truncation: {stats['on_truncation']}" if "on_truncation" in stats else "")
+        + (f"\nRay replicas: {stats['replica_deaths']} died and were restarted or replaced; {stats['replica_retries']} calls sent "
+           "again to another replica" if stats.get("replica_deaths") or stats.get("replica_retries") else ""),
         highlight=False, soft_wrap=True,  # one line per fact, whatever the terminal's width: scripts grep them
     )
 

@@ -83,8 +83,8 @@ class RayReplicas:
         self._lock = threading.Lock()
         self._local = threading.local()
         self._closed = False
+        options = _replica_options(spec, gpus_per_replica, cpus_per_replica)  # refused before a cluster starts
         self._owns_cluster, self._guard = connect(ray_address)
-        options = _replica_options(spec, gpus_per_replica, cpus_per_replica)
         actor = _actor_class().options(max_restarts=RESTARTS, max_task_retries=0, num_cpus=cpus_per_replica,
                                        num_gpus=gpus_per_replica if gpus_per_replica <= 1 else 0)
         self._placement = []
@@ -252,7 +252,8 @@ def connect(address: str) -> tuple[bool, subprocess.Popen | None]:
         return False, None
     quiet = {"logging_level": logging.WARNING, "log_to_driver": False, "configure_logging": True}
     if address == "local":
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, object_store_memory=OBJECT_STORE_BYTES, **quiet)
+        # address "local": a new cluster even where one runs already (ray.init() alone would join it)
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, object_store_memory=OBJECT_STORE_BYTES, **quiet)
         return True, _guard()
     try:
         ray.init(address=address, **quiet)

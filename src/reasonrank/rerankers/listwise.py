@@ -72,6 +72,10 @@ class RunStats:
     forced_prompt_tokens: int = 0
     forced_completion_tokens: int = 0
     forced_seconds: float = 0.0
+    # Ray replicas (reasonrank.backends.replicas): replicas that died during the run, and calls sent again
+    # to another replica because theirs died
+    replica_deaths: int = 0
+    replica_retries: int = 0
 
     def add(self, trace: WindowTrace, resumed: bool) -> None:
         self.windows += 1
@@ -114,6 +118,8 @@ class RunStats:
             "forced_prompt_tokens": self.forced_prompt_tokens,
             "forced_completion_tokens": self.forced_completion_tokens,
             "forced_seconds": self.forced_seconds,
+            "replica_deaths": self.replica_deaths,
+            "replica_retries": self.replica_retries,
         }
 
 
@@ -300,8 +306,12 @@ class ListwiseReranker:
         with self._stats_lock:
             self.stats.queries += queries
             self.stats.wall_seconds += time.perf_counter() - started
-            if self.backend.capabilities.stats and self.backend.stats.get("dropped_fields"):
-                self.stats.dropped_fields = dict(self.backend.stats["dropped_fields"])
+            if self.backend.capabilities.stats:
+                backend = self.backend.stats
+                if backend.get("dropped_fields"):
+                    self.stats.dropped_fields = dict(backend["dropped_fields"])
+                self.stats.replica_deaths = backend.get("replica_deaths", 0)
+                self.stats.replica_retries = backend.get("replica_retries", 0)
 
     def _key(self, prompt: Prompt) -> str:
         # The journal key of a window: the same prompt under the same engine and settings gives the same
