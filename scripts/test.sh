@@ -2,7 +2,7 @@
 # Set up and run the whole test suite (what CI runs).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh "llamacpp,hf,openai,serve,train,synth,dense,report,pyterrier,langchain,llama-index,haystack,mcp,dev" || exit 1
+bash scripts/setup.sh "llamacpp,hf,openai,serve,train,synth,dense,report,pyterrier,langchain,llama-index,haystack,mcp,ray,dev" || exit 1
 # vLLM, the CPU build, in the same .venv: one lock (constraints.txt) holds every package the tests
 # run with, and the real-vLLM tests start their engines inside the pytest process (once per session,
 # shared by the tests), which needs vllm importable beside torch, transformers and PEFT there.

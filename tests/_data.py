@@ -23,3 +23,14 @@ def bright_run(task: str) -> Path:
 
 def r2med_run(task: str) -> Path:
     return R2MED / "runs" / f"{task}.e5-mistral-7b-instruct_top100.trec.gz"
+
+
+def scifact_bm25_run(folder: Path, queries: int, k: int) -> Path:
+    """BM25 top-k of the first `queries` SciFact queries, written to folder/bm25.trec (its index cached there)."""
+    from reasonrank.io import load_collection, write_run
+    from reasonrank.retrieval import BM25Index
+
+    coll = load_collection(SCIFACT)
+    path = folder / "bm25.trec"
+    write_run(path, BM25Index.for_collection(coll, cache=folder).search(list(coll.queries())[:queries], k=k, show_progress=False))
+    return path

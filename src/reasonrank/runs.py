@@ -35,7 +35,8 @@ def rerank_run(collection, run: str | Path, output: str | Path, spec=None, *, qu
         reranker = build(spec or RerankerSpec(), collection=coll.name)
     try:
         with run_writer(output, tag="reasonrank") as write:
-            for request, result in paired(iter_requests(coll, run, limit=queries), reranker, active):
+            total = _expected_windows(reranker, run, queries) if reranker.spec.progress else None
+            for request, result in paired(iter_requests(coll, run, limit=queries), reranker, active, total):
                 # the scores every face reports (reasonrank.scoring): the spec's score_mode over the run's first-stage scores
                 (scored,) = score_results(reranker.spec, [request], [result])
                 write(scored.query.qid, {c.docid: c.score for c in scored.candidates})
@@ -47,7 +48,20 @@ def rerank_run(collection, run: str | Path, output: str | Path, spec=None, *, qu
     return reranker.stats
 
 
-def paired(requests: Iterable[Request], reranker, active: int | None) -> Iterator[tuple[Request, Result]]:
+def _expected_windows(reranker, run, queries: int | None) -> int | None:
+    """The windows the run will take, for the progress bar: one more pass over the run file (a query at a
+    time). None where a method's windows depend on the answers (tdpart) or it has no windows (pointwise)."""
+    import itertools
+
+    from reasonrank.io import iter_run_queries
+
+    count = getattr(reranker, "expected_windows", None)
+    if count is None or count(reranker.spec.top_k) is None:
+        return None
+    return sum(count(len(ranked)) for _, ranked in itertools.islice(iter_run_queries(run), queries))
+
+
+def paired(requests: Iterable[Request], reranker, active: int | None, total_windows: int | None = None) -> Iterator[tuple[Request, Result]]:
     """(request, result) pairs as `reranker.rerank_stream` finishes them, the requests read once."""
     held: deque[Request] = deque()
 
@@ -56,7 +70,7 @@ def paired(requests: Iterable[Request], reranker, active: int | None) -> Iterato
             held.append(request)
             yield request
 
-    for result in reranker.rerank_stream(feed(), active=active):
+    for result in reranker.rerank_stream(feed(), active=active, total_windows=total_windows):
         yield held.popleft(), result
 
 

@@ -159,6 +159,7 @@ class LlamaCppBackend:
         if n_ctx is None:
             n_ctx = min(_gguf_context_length(llama_cpp, path) or 8192, MAX_DEFAULT_CTX)
         self._lock = threading.Lock()
+        self._last_prompt = 0  # tokens of the last prompt evaluated (_align_cache)
         self._llm = llama_cpp.Llama(
             model_path=str(path),
             n_ctx=n_ctx,
@@ -247,17 +248,20 @@ class LlamaCppBackend:
         return gen
 
     def _align_cache(self, ids: list[int]) -> None:
-        """Keep only the cached prefix that ends on a multiple of n_batch (call with the lock held).
+        """Keep only the cached prefix that ends on a multiple of n_batch (call with the lock held), unless
+        `ids` continue the last prompt (a forced answer: that window's prompt, its reasoning, `<answer>`).
 
         llama-cpp-python reuses the longest cached prefix a prompt shares with the last call and
         evaluates the rest in n_batch chunks from there; chunks of other sizes give other floating-point
         sums, so a window's answer would depend on which prompt ran before it on this engine (measured:
         the same SciFact window answered `[1] > [2] > [3]` after one prompt, `[1] > [3] > [4]` after
         another). Cut at a chunk boundary, the rest is evaluated in the very chunks a fresh engine
-        uses: answers are the same in any order, on any replica, resumed or not (the forced answer,
-        which always follows its own window, still reuses that window's prompt)."""
+        uses: answers are the same in any order, on any replica, resumed or not. A forced answer always
+        follows its own window on the same engine (one call in flight per llama.cpp replica), so it
+        keeps the whole cache: the same state whatever ran before the window."""
         llm = self._llm
-        cached = llm.n_tokens
+        cached, last = llm.n_tokens, self._last_prompt
+        self._last_prompt = len(ids)
         if cached == 0:
             return
         common = 0
@@ -265,6 +269,8 @@ class LlamaCppBackend:
             if a != b:
                 break
             common += 1
+        if last and common >= last and len(ids) > last:
+            return  # a continuation of the last prompt
         keep = (min(common, len(ids) - 1) // llm.n_batch) * llm.n_batch
         if keep < cached:
             llm._ctx.kv_cache_seq_rm(-1, keep, -1)

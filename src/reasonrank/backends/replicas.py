@@ -37,7 +37,10 @@ from reasonrank.errors import ConfigError, ReasonRankError, require
 
 log = logging.getLogger(__name__)
 RESTARTS = 2  # restarts Ray grants each replica (each reloads the model)
-CALLS_PER_REPLICA = 2  # calls kept in flight per replica: one running, one queued, so it never idles between calls
+# calls kept in flight per replica: one running and one queued, so a batching engine never idles between calls;
+# one for an engine that runs one prompt at a time (llama.cpp), whose forced answer must follow its window
+# with nothing between them (LlamaCppBackend._align_cache), and whose call is seconds against a 1 ms round trip
+CALLS_PER_REPLICA = 2
 BATCH = 32  # windows per call for engines that batch any number (vLLM): a replica's share of a step
 OBJECT_STORE_BYTES = 256 << 20  # a local cluster's object store: windows are ~25 KB, Ray's default is 30% of RAM
 
@@ -52,10 +55,10 @@ def _actor_class():
     class Replica:
         """One engine on one Ray worker, built from the spec in the worker."""
 
-        def __init__(self, spec: dict):
-            from reasonrank.spec import RerankerSpec, load_backend
+        def __init__(self, engine: dict):
+            from reasonrank.backends.factory import get_backend
 
-            self.backend = load_backend(RerankerSpec.from_dict(spec))
+            self.backend = get_backend(engine["backend"], engine["model"], **engine["options"])
 
         def describe(self) -> dict:
             b = self.backend
@@ -120,7 +123,7 @@ class RayReplicas:
         self.prompt_format = first["prompt_format"]
         inner = Capabilities(**{**first["capabilities"], "prompt_formats": tuple(first["capabilities"]["prompt_formats"])})
         self.capabilities = Capabilities(batch_size=inner.batch_size or BATCH, prompt_formats=inner.prompt_formats,
-                                         concurrency=len(described) * CALLS_PER_REPLICA, stats=True)
+                                         concurrency=len(described) * (1 if inner.batch_size == 1 else CALLS_PER_REPLICA), stats=True)
 
     def fingerprint(self) -> dict:
         return dict(self._fingerprint)
@@ -220,8 +223,9 @@ class RayReplicas:
 
 
 def _replica_options(spec, gpus: float, cpus: float) -> dict:
-    """The spec each replica builds its engine from: without the Ray fields, with llama.cpp's threads and
-    vLLM's tensor parallel size set from the replica's resources unless the spec sets them."""
+    """What each replica builds its engine from (reasonrank.spec.load_backend's arguments to get_backend),
+    with llama.cpp's threads and vLLM's tensor parallel size set from the replica's resources unless the
+    spec sets them."""
     from reasonrank.backends.factory import backend_name
 
     options = dict(spec.backend_options)
@@ -229,14 +233,14 @@ def _replica_options(spec, gpus: float, cpus: float) -> dict:
     if name == "openai":
         raise ConfigError("--ray starts model replicas; an OpenAI-compatible server already is one: "
                           "pass several --base-url instead (README: Ray)")
+    if spec.lora:
+        options["lora"] = spec.lora
     if name == "llamacpp":
         options.setdefault("n_threads", max(1, int(cpus)))
     if name == "vllm" and gpus > 1:
         options.setdefault("tensor_parallel_size", int(gpus))
         options.setdefault("distributed_executor_backend", "ray")
-    local = spec.replace(ray=None, replicas=None, gpus_per_replica=None, cpus_per_replica=None, backend=name,
-                         backend_options=options, journal=None, progress=False)
-    return local.to_dict()
+    return {"backend": name, "model": spec.model, "options": options}
 
 
 def connect(address: str) -> tuple[bool, subprocess.Popen | None]:

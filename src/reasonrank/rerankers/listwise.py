@@ -273,11 +273,12 @@ class ListwiseReranker:
             order = apply_permutation(order, start, end, trace.permutation)
         return order
 
-    def _expected_windows(self, request: Request) -> int | None:
-        return len(self._schedule(len(request.candidates)))
+    def expected_windows(self, candidates: int) -> int | None:
+        """Windows a query of `candidates` candidates takes (None where it depends on the answers)."""
+        return len(self._schedule(candidates))
 
     def rerank_batch(self, requests: Sequence[Request]) -> list[Result]:
-        expected = [self._expected_windows(r) for r in requests]
+        expected = [self.expected_windows(len(r.candidates)) for r in requests]
         return list(self.rerank_stream(requests, active=None, total_windows=None if None in expected else sum(expected)))
 
     def rerank_stream(self, requests: Iterable[Request], active: int | None = 256,

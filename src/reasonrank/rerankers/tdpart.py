@@ -128,5 +128,5 @@ class TopDownPartitionReranker(ListwiseReranker):
         except StopIteration as stop:
             return [*stop.value, *tail]
 
-    def _expected_windows(self, request: Request) -> None:
+    def expected_windows(self, candidates: int) -> None:
         return None  # how many windows depends on how many candidates beat the pivot
