@@ -253,3 +253,40 @@ def test_vllm_forces_an_answer_on_its_prefix_cache(request):
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_llamacpp_forced_answer_finds_its_window_cached_whatever_ran_between():
+    """A forced answer continues its window's cache (the prompt evaluated, the reasoning evaluated a token at
+    a time as generated). When another prompt ran between them (two callers of one engine, a Ray replica
+    that took over a dead one's calls), that cache is rebuilt first: the engine holds the very tokens it
+    held right after the window, so the answer cannot depend on what ran between (without the rebuild it
+    held the other prompt's, and a forced answer on SciFact query 5 came out `[1] > [4] > [3] > [2] > [1]`
+    instead of `[1] > [2] > [3] > [4] > [2]`, measured while writing this)."""
+    need_gguf()
+    from reasonrank.backends.base import SamplingParams
+    from reasonrank.parsing import forced_prefix
+    from reasonrank.rerankers.listwise import continuation
+
+    backend = shared_llama_backend()
+    reranker = build(RerankerSpec(**TIGHT), backend=backend)
+    (a, b) = requests()
+    window, other = (reranker.renderer.render(r.query.text, r.candidates[:4]) for r in (a, b))
+    reasoning, answer = SamplingParams(max_new_tokens=16), SamplingParams(max_new_tokens=8)
+    llm, cached = backend._llm, []
+    create = llm.create_completion
+
+    def recording(*args, **kwargs):  # the tokens the engine holds when the call starts
+        cached.append(llm._input_ids.tolist())
+        return create(*args, **kwargs)
+
+    llm.create_completion = recording
+    try:
+        (gen,) = backend.generate([window], reasoning)
+        cont = continuation(window, forced_prefix(gen.full_text), "text")
+        (direct,) = backend.generate([cont], answer)  # right after its window
+        backend.generate([other], reasoning)
+        (rebuilt,) = backend.generate([cont], answer)  # after another prompt
+    finally:
+        del llm.create_completion
+    assert cached[3] == cached[1] and len(cached[1]) > len(backend.tokenize(window.text))  # the window and its reasoning
+    assert rebuilt.text == direct.text

@@ -34,6 +34,7 @@ import os
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,7 +160,7 @@ class LlamaCppBackend:
         if n_ctx is None:
             n_ctx = min(_gguf_context_length(llama_cpp, path) or 8192, MAX_DEFAULT_CTX)
         self._lock = threading.Lock()
-        self._last_prompt = 0  # tokens of the last prompt evaluated (_align_cache)
+        self._recent: deque = deque(maxlen=8)  # the last calls: (prompt length, tokens in the cache after it) (_align_cache)
         self._llm = llama_cpp.Llama(
             model_path=str(path),
             n_ctx=n_ctx,
@@ -231,6 +232,7 @@ class LlamaCppBackend:
                     **self._sampling_kwargs(params),
                     logits_processor=[recorder] if recorder else None,
                 )
+                self._remember(ids)
         except Exception as exc:  # noqa: BLE001 - one bad item must not lose the batch
             return cls(text="", prompt_tokens=len(ids), error=f"llama.cpp failed: {type(exc).__name__}: {exc}",
                        seconds=time.perf_counter() - start)
@@ -248,33 +250,50 @@ class LlamaCppBackend:
         return gen
 
     def _align_cache(self, ids: list[int]) -> None:
-        """Keep only the cached prefix that ends on a multiple of n_batch (call with the lock held), unless
-        `ids` continue the last prompt (a forced answer: that window's prompt, its reasoning, `<answer>`).
+        """Make the cache what a fresh engine would hold before `ids` (call with the lock held), so an
+        answer never depends on what ran before it.
 
         llama-cpp-python reuses the longest cached prefix a prompt shares with the last call and
         evaluates the rest in n_batch chunks from there; chunks of other sizes give other floating-point
-        sums, so a window's answer would depend on which prompt ran before it on this engine (measured:
-        the same SciFact window answered `[1] > [2] > [3]` after one prompt, `[1] > [3] > [4]` after
-        another). Cut at a chunk boundary, the rest is evaluated in the very chunks a fresh engine
-        uses: answers are the same in any order, on any replica, resumed or not. A forced answer always
-        follows its own window on the same engine (one call in flight per llama.cpp replica), so it
-        keeps the whole cache: the same state whatever ran before the window."""
+        sums, so a window's answer depended on which prompt ran before it on this engine (measured: the
+        same SciFact window answered `[1] > [2] > [3]` after one prompt, `[1] > [3] > [4]` after
+        another). So only the cached prefix that ends on a multiple of n_batch is kept: the rest is
+        evaluated in the very chunks a fresh engine uses. A prompt that continues an earlier call's
+        prompt (a forced answer: that window's prompt, its reasoning, `<answer>`) keeps that call's
+        cache, its reasoning evaluated a token at a time as it was generated; where another call ran in
+        between (two callers of one engine, a Ray replica that took over a dead one's calls) that
+        cache is rebuilt first, so the forced answer is the same either way."""
         llm = self._llm
-        cached, last = llm.n_tokens, self._last_prompt
-        self._last_prompt = len(ids)
-        if cached == 0:
+        base = next((c for c in reversed(self._recent) if len(ids) > c[0] and ids[:c[0]] == c[1][:c[0]]), None)
+        if base is not None and llm._input_ids.tolist() == base[1]:
+            return  # the cache holds the call this prompt continues
+        if base is not None:
+            self._evaluate(base[1][:base[0]])
+            for token in base[1][base[0]:]:  # as generation evaluated them
+                llm.eval([token])
             return
+        self._cut_to_chunk(ids)
+
+    def _cut_to_chunk(self, ids: list[int]) -> None:
+        llm = self._llm
         common = 0
         for a, b in zip(llm._input_ids, ids):
             if a != b:
                 break
             common += 1
-        if last and common >= last and len(ids) > last:
-            return  # a continuation of the last prompt
         keep = (min(common, len(ids) - 1) // llm.n_batch) * llm.n_batch
-        if keep < cached:
+        if keep < llm.n_tokens:
             llm._ctx.kv_cache_seq_rm(-1, keep, -1)
             llm.n_tokens = keep
+
+    def _evaluate(self, prompt: list[int]) -> None:
+        """The cache after evaluating `prompt` alone, the way create_completion evaluates a prompt."""
+        self._cut_to_chunk(prompt)
+        self._llm.eval(prompt[self._llm.n_tokens:])
+
+    def _remember(self, ids: list[int]) -> None:
+        """Note a finished call: its prompt's length and every token it left in the cache."""
+        self._recent.append((len(ids), self._llm._input_ids.tolist()))
 
     def _sampling_kwargs(self, params: SamplingParams) -> dict:
         kwargs = {
