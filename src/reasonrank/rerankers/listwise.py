@@ -467,6 +467,7 @@ class _Drive:
             return False
         i = self.admitted
         self.admitted += 1
+        self.r.renderer.prepare(request.candidates[:self.r.top_k])
         self.requests[i], self.traces[i], self.plans[i] = request, [], self.r._plan(request)
         self.advance(i, None)
         return True
