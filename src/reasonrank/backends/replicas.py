@@ -3,7 +3,7 @@
 Each replica is a Ray actor that builds its own engine in its constructor from the spec (the model is
 never pickled: every node loads it from its own disk or hub cache) and answers `generate` calls; the
 driver alone renders prompts, parses answers and writes the journal. To the reranker this is just
-a backend whose `generate` may be called from `replicas x CALLS_PER_REPLICA` threads at once: the
+a backend whose `generate` may be called from several threads at once (CALLS_PER_REPLICA a replica): the
 listwise driver (reasonrank.rerankers.listwise) sends a query's next window as soon as its last one
 returns, so no step waits for the slowest window.
 
@@ -38,8 +38,9 @@ from reasonrank.errors import ConfigError, ReasonRankError, require
 log = logging.getLogger(__name__)
 RESTARTS = 2  # restarts Ray grants each replica (each reloads the model)
 # calls kept in flight per replica: one running and one queued, so a batching engine never idles between calls;
-# one for an engine that runs one prompt at a time (llama.cpp), whose forced answer must follow its window
-# with nothing between them (LlamaCppBackend._align_cache), and whose call is seconds against a 1 ms round trip
+# one for an engine that runs one prompt at a time (llama.cpp): its call takes seconds against a 1 ms round
+# trip, and its forced answer then follows its window with nothing between (no cache rebuild,
+# LlamaCppBackend._align_cache)
 CALLS_PER_REPLICA = 2
 BATCH = 32  # windows per call for engines that batch any number (vLLM): a replica's share of a step
 OBJECT_STORE_BYTES = 256 << 20  # a local cluster's object store: windows are ~25 KB, Ray's default is 30% of RAM
