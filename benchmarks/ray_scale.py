@@ -401,7 +401,7 @@ def render(args, root: Path, info: dict, store: dict, rows: list[dict], profiles
            if b else "") + f"{store['store_mb']:.0f} MB.", "",
         f"Reranker: sliding windows {small['fresh']['window']}/{small['fresh']['step']} over the top {args.top_k} "
         f"({small['fresh']['windows'] // max(small['fresh']['queries'], 1)} windows a query), passages cut at "
-        f"{small['fresh']['max_passage_tokens']} tokens of the embedded model's tokenizer, journal fsynced per window, "
+        f"{small['fresh']['max_passage_tokens']} tokens of the embedded model's tokenizer, every window journaled (written through, fsynced as reasonrank.journal does), "
         f"active {args.active} queries; the stand-in's capabilities: batch_size {args.batch_size or 'any'}, concurrency {args.concurrency}.", "",
         "\n".join(table), "",
         f"Peak RSS growth {rows[0]['size']:,} -> {rows[-1]['size']:,} queries: {growth:.2f}x "
